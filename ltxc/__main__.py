@@ -1,0 +1,5 @@
+"""`python -m ltxc` is the `ltxc` command."""
+
+from ltxc.cli import main
+
+raise SystemExit(main())

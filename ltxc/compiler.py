@@ -1,0 +1,290 @@
+"""compile_spec: a loaded spec -> a `Plan`. The one place that maps spec kinds to implementations.
+
+Every check that needs no weights happens here, so a bad spec fails at `ltxc compile` with
+`FILE:LINE: key.path: message`, not an hour into a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ltxc.components import (
+    ComponentError,
+    ComponentRecipe,
+    default_kind,
+    resolve_class,
+    resolve_component_class,
+)
+from ltxc.components import unknown_config_keys as _unknown_config_keys
+from ltxc.geometry import FrameRule, Geometry
+from ltxc.ops import op_table
+from ltxc.plan import Plan
+from ltxc.spec import Loaded, Locator, SpecError, spec_to_dict
+from ltxc.spec.errors import Problem
+from ltxc.spec.expr import Expr, ExprError, compile_expr
+from ltxc.spec.types import Component, MeanStd, ShiftScale, Spec
+
+# Names a `[transformer.call]` expression may read (besides the geometry numbers below).
+CALL_NAMES = frozenset(
+    {
+        "latents",
+        "sigma",
+        "text.embeds",
+        "text.mask",
+        "text.pooled",
+        "latent.frames",
+        "latent.height",
+        "latent.width",
+        "pixel.frames",
+        "pixel.height",
+        "pixel.width",
+        "fps",
+        "batch_size",
+    }
+)
+LOSS_WEIGHT_NAMES = frozenset({"sigma"})
+
+
+def geometry_numbers(geometry: Geometry) -> dict[str, int]:
+    """The geometry constants every expression may read."""
+    pt, ph, pw = geometry.patch
+    return {
+        "latent_channels": geometry.latent_channels,
+        "spatial_compression": geometry.spatial_compression,
+        "temporal_compression": geometry.temporal_compression,
+        "resolution_multiple": geometry.resolution_multiple,
+        "patch_t": pt,
+        "patch_h": ph,
+        "patch_w": pw,
+    }
+
+
+def spec_hash(data: Mapping[str, Any]) -> str:
+    """Content hash of a resolved spec: canonical JSON, sha256."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def compile_spec(loaded: Loaded) -> Plan:
+    """Check everything that can be checked without weights and build the plan."""
+    spec: Spec = loaded.value
+    locator = loaded.locator
+    problems: list[Problem] = []
+
+    geometry = _geometry(spec, locator, problems)
+    recipes = _components(spec, locator, problems)
+    _check_roles(spec, locator, problems)
+    _check_normaliser(spec, locator, problems)
+    numbers = geometry_numbers(geometry)
+    ops = op_table(geometry)
+    call = _expressions(
+        spec.transformer.call, ("transformer", "call"), CALL_NAMES | numbers.keys(), ops, locator, problems
+    )
+    weight = _expressions(
+        {"loss_weight": spec.flow.loss_weight},
+        ("flow",),
+        LOSS_WEIGHT_NAMES | numbers.keys(),
+        ops,
+        locator,
+        problems,
+    )
+    if spec.model.reference:
+        _check_reference(spec.model.reference, locator, problems)
+    if problems:
+        raise SpecError(problems)
+
+    data = _resolved_data(spec, recipes)
+    return Plan(
+        spec=spec,
+        data=data,
+        hash=spec_hash(data),
+        sources=tuple(os.path.normpath(f) for f in loaded.files),
+        geometry=geometry,
+        recipes=recipes,
+        call=call,
+        loss_weight=weight["loss_weight"],
+        constants=numbers,
+    )
+
+
+def _resolved_data(spec: Spec, recipes: Mapping[str, ComponentRecipe]) -> dict[str, Any]:
+    """The spec as the plan stores it: defaults filled, `extends` merged away, one source per component."""
+    data = spec_to_dict(spec)
+    data["model"].pop("extends", None)  # merged already; the plan records the files instead
+    unused = {"pretrained": ("config", "seed"), "config": ("pretrained", "subfolder", "revision")}
+    for role, recipe in recipes.items():
+        table = data["components"][role]
+        table["source"] = recipe.source
+        table["kind"] = recipe.kind
+        for key in unused[recipe.source]:
+            table.pop(key, None)
+    return data
+
+
+def _geometry(spec: Spec, locator: Locator, problems: list[Problem]) -> Geometry:
+    g = spec.geometry
+    rule = FrameRule(g.frames.multiple, g.frames.offset)
+    geometry = Geometry(
+        g.latent_channels,
+        g.spatial_compression,
+        g.temporal_compression,
+        rule,
+        g.resolution_multiple,
+        g.patch,
+        g.layout,
+    )
+    where = ("geometry",)
+    if g.frames.offset >= g.frames.multiple and g.frames.multiple > 1:
+        problems.append(locator.problem((*where, "frames", "offset"), "must be smaller than frames.multiple"))
+    # Every valid frame count must map to a whole number of latent frames: (F - 1) / temporal_compression.
+    if (rule.minimum - 1) % g.temporal_compression or g.frames.multiple % g.temporal_compression:
+        problems.append(
+            locator.problem(
+                (*where, "frames"),
+                f"valid counts {rule.describe()} do not map to whole latent frames with "
+                f"temporal_compression = {g.temporal_compression} (latent frames = (F - 1) / temporal_compression + 1)",
+            )
+        )
+    if g.resolution_multiple % g.spatial_compression:
+        problems.append(
+            locator.problem(
+                (*where, "resolution_multiple"),
+                f"must be a multiple of spatial_compression ({g.spatial_compression})",
+            )
+        )
+    else:
+        cells = g.resolution_multiple // g.spatial_compression
+        if cells % g.patch[1] or cells % g.patch[2]:
+            problems.append(
+                locator.problem(
+                    (*where, "patch"),
+                    f"the resolution rule gives latent sizes in steps of {cells}, which patch {list(g.patch)} "
+                    "does not divide; raise resolution_multiple",
+                )
+            )
+    return geometry
+
+
+def _components(spec: Spec, locator: Locator, problems: list[Problem]) -> dict[str, ComponentRecipe]:
+    recipes: dict[str, ComponentRecipe] = {}
+    for role, component in spec.components.items():
+        where = ("components", role)
+        kind = component.kind or default_kind(role)
+        try:
+            cls = resolve_component_class(component.cls, kind)
+        except ComponentError as exc:
+            problems.append(locator.problem((*where, "class"), str(exc)))
+            continue
+        source = _source(component, where, locator, problems)
+        if source is None:
+            continue
+        if source == "config" and kind != "tokenizer":
+            unknown = _unknown_config_keys(cls, component.config or {})
+            if unknown:
+                problems.extend(
+                    locator.problem((*where, "config", key), f"{cls.__name__} has no config key {key!r}")
+                    for key in unknown
+                )
+                continue
+        recipes[role] = ComponentRecipe(
+            role=role,
+            reference=component.cls,
+            cls=cls,
+            kind=kind,
+            source=source,
+            pretrained=component.pretrained,
+            subfolder=component.subfolder,
+            revision=component.revision,
+            config=component.config,
+            seed=component.seed,
+            dtype=component.dtype,
+        )
+    return recipes
+
+
+def _source(
+    component: Component, where: tuple[str, ...], locator: Locator, problems: list[Problem]
+) -> str | None:
+    has_pretrained, has_config = component.pretrained is not None, component.config is not None
+    if component.source == "pretrained" and not has_pretrained:
+        problems.append(
+            locator.problem((*where, "pretrained"), 'source = "pretrained" but no pretrained is set')
+        )
+        return None
+    if component.source == "config" and not has_config:
+        problems.append(locator.problem((*where, "config"), 'source = "config" but no config table is set'))
+        return None
+    if component.source:
+        return component.source
+    if has_pretrained and has_config:
+        problems.append(
+            locator.problem(where, 'both pretrained and config are set; say which to use with source = "..."')
+        )
+        return None
+    if not (has_pretrained or has_config):
+        problems.append(
+            locator.problem(where, "set pretrained (a directory or hub id) or an inline config table")
+        )
+        return None
+    return "pretrained" if has_pretrained else "config"
+
+
+def _check_roles(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    roles = {
+        ("latent", "vae"): spec.latent.vae,
+        ("text", "encoder"): spec.text.encoder,
+        ("text", "tokenizer"): spec.text.tokenizer,
+        ("transformer", "component"): spec.transformer.component,
+        ("sampler", "scheduler"): spec.sampler.scheduler,
+    }
+    for path, role in roles.items():
+        if role not in spec.components:
+            problems.append(
+                locator.problem(
+                    path, f"no [components.{role}] in this spec (it has: {', '.join(spec.components)})"
+                )
+            )
+
+
+def _check_normaliser(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    norm = spec.latent.normalise
+    fields: dict[str, Any] = {}
+    if isinstance(norm, MeanStd):
+        fields = {"mean": norm.mean, "std": norm.std, "scaling_factor": norm.scaling_factor}
+    elif isinstance(norm, ShiftScale):
+        fields = {"shift": norm.shift, "scale": norm.scale}
+    for name, value in fields.items():
+        if isinstance(value, str) and value.split(".")[0] not in spec.components:
+            problems.append(
+                locator.problem(("latent", "normalise", name), f"{value!r} names no component of this spec")
+            )
+
+
+def _expressions(
+    table: Mapping[str, str],
+    where: tuple[str, ...],
+    names: frozenset[str] | set[str],
+    ops: Mapping[str, Callable[..., Any]],
+    locator: Locator,
+    problems: list[Problem],
+) -> dict[str, Expr]:
+    compiled: dict[str, Expr] = {}
+    for key, source in table.items():
+        try:
+            compiled[key] = compile_expr(source, frozenset(names), ops)
+        except ExprError as exc:
+            problems.append(locator.problem((*where, key), str(exc)))
+    return compiled
+
+
+def _check_reference(reference: str, locator: Locator, problems: list[Problem]) -> None:
+    from diffusers import DiffusionPipeline
+
+    try:
+        resolve_class(reference, DiffusionPipeline)
+    except ComponentError as exc:
+        problems.append(locator.problem(("model", "reference"), str(exc)))

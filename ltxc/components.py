@@ -1,0 +1,189 @@
+"""Build a spec's components: allowlisted classes, from pretrained weights or from an inline config.
+
+Classes resolve only from `diffusers`, `transformers` and `ltxc`, and must be what their role needs.
+Nothing is built until it is asked for (`Components[role]`), so compiling a spec never loads weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import torch
+from attrs import frozen
+
+ALLOWED_PACKAGES = ("diffusers", "transformers", "ltxc")
+Kind = Literal["module", "tokenizer", "scheduler"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class ComponentError(ValueError):
+    """A component's class or config is not acceptable; the message says why and what to do."""
+
+
+def default_kind(role: str) -> Kind:
+    """What a role must be when the spec does not say: by the generic diffusers role names."""
+    if role.startswith("tokenizer"):
+        return "tokenizer"
+    if role.startswith("scheduler"):
+        return "scheduler"
+    return "module"
+
+
+def _base_class(kind: Kind) -> type:
+    if kind == "module":
+        return torch.nn.Module
+    if kind == "tokenizer":
+        from transformers import PreTrainedTokenizerBase
+
+        return PreTrainedTokenizerBase
+    from diffusers import SchedulerMixin
+
+    return SchedulerMixin
+
+
+def resolve_class(reference: str, base: type | None = None) -> type:
+    """Import "package:ClassName" from the allowlist; check it subclasses `base`."""
+    module_name, _, class_name = reference.partition(":")
+    package = module_name.split(".")[0]
+    if package not in ALLOWED_PACKAGES or not class_name:
+        raise ComponentError(
+            f"{reference!r} is outside the allowlist: classes must come from "
+            f'{", ".join(ALLOWED_PACKAGES)} (write "diffusers:ClassName")'
+        )
+    if not class_name.isidentifier() or class_name.startswith("_"):
+        raise ComponentError(f"{class_name!r} is not a public class name")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ComponentError(f"cannot import {module_name!r}: {exc}") from None
+    try:
+        cls = getattr(module, class_name)
+    except (AttributeError, ImportError, RuntimeError) as exc:
+        raise ComponentError(
+            f"{module_name} has no class {class_name!r} ({type(exc).__name__}: {exc})"
+        ) from None
+    if not inspect.isclass(cls):
+        raise ComponentError(f"{reference!r} is not a class")
+    if base is not None and not issubclass(cls, base):
+        raise ComponentError(f"{reference!r} is not a {base.__module__}.{base.__qualname__}")
+    return cls
+
+
+def resolve_component_class(reference: str, kind: Kind) -> type:
+    """`resolve_class` with the base class a role of this kind needs."""
+    return resolve_class(reference, _base_class(kind))
+
+
+def unknown_config_keys(cls: type, config: Mapping[str, Any]) -> list[str]:
+    """Config keys the class would silently ignore (a typo in a tiny spec must not pass quietly)."""
+    if _is_transformers_model(cls):
+        defaults = cls.config_class()
+        return [key for key in config if not hasattr(defaults, key)]
+    init = cls.__init__
+    params = inspect.signature(init).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return [key for key in config if key not in params]
+
+
+@frozen
+class ComponentRecipe:
+    """How to build one component; `build()` does it."""
+
+    role: str
+    reference: str
+    cls: type
+    kind: Kind
+    source: Literal["pretrained", "config"]
+    pretrained: str | None = None
+    subfolder: str | None = None
+    revision: str | None = None
+    config: Mapping[str, Any] | None = None
+    seed: int = 0
+    dtype: str = "float32"
+
+    def describe(self) -> str:
+        """One line: class and where the weights come from."""
+        if self.source == "pretrained":
+            where = self.pretrained + (f" [{self.subfolder}]" if self.subfolder else "")
+            where += f" @ {self.revision}" if self.revision else ""
+        else:
+            where = (
+                f"inline config, random weights (seed {self.seed})"
+                if self.kind == "module"
+                else "inline config"
+            )
+        dtype = f", {self.dtype}" if self.kind == "module" else ""
+        return f"{self.reference} <- {where}{dtype}"
+
+    def build(self) -> Any:
+        """Load or construct the component."""
+        obj = self._load() if self.source == "pretrained" else self._construct()
+        if self.kind == "module":
+            obj = obj.to(DTYPES[self.dtype]).eval()
+        return obj
+
+    def _load(self) -> Any:
+        kwargs: dict[str, Any] = {}
+        if self.subfolder:
+            kwargs["subfolder"] = self.subfolder
+        if self.revision:
+            kwargs["revision"] = self.revision
+        if self.kind == "module":
+            # diffusers calls it torch_dtype, transformers 5 calls it dtype
+            kwargs["torch_dtype" if _is_diffusers(self.cls) else "dtype"] = DTYPES[self.dtype]
+        return self.cls.from_pretrained(self.pretrained, **kwargs)
+
+    def _construct(self) -> Any:
+        config = dict(self.config or {})
+        if self.kind == "tokenizer":
+            return self.cls(**config)
+        if self.kind == "scheduler":
+            return self.cls.from_config(config)
+        with torch.random.fork_rng(devices=[]):  # seeded weights without disturbing the caller's RNG
+            torch.manual_seed(self.seed)
+            if _is_transformers_model(self.cls):
+                return self.cls(self.cls.config_class(**config))
+            return self.cls(**config)
+
+
+def _is_transformers_model(cls: type) -> bool:
+    from transformers import PreTrainedModel
+
+    return issubclass(cls, PreTrainedModel)
+
+
+def _is_diffusers(cls: type) -> bool:
+    return cls.__module__.split(".")[0] == "diffusers"
+
+
+class Components(Mapping[str, Any]):
+    """A plan's components, each built on first access and then kept."""
+
+    def __init__(self, recipes: Mapping[str, ComponentRecipe]) -> None:
+        self.recipes = dict(recipes)
+        self._built: dict[str, Any] = {}
+
+    def __getitem__(self, role: str) -> Any:
+        if role not in self.recipes:
+            raise KeyError(f"no component {role!r}; the spec has {', '.join(self.recipes)}")
+        if role not in self._built:
+            self._built[role] = self.recipes[role].build()
+        return self._built[role]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.recipes)
+
+    def __len__(self) -> int:
+        return len(self.recipes)
+
+    def is_built(self, role: str) -> bool:
+        """True once `role` has been loaded or constructed."""
+        return role in self._built

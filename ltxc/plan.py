@@ -1,0 +1,91 @@
+"""The compiled plan: the resolved spec, its hash, and the objects built from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from attrs import frozen
+
+from ltxc.components import ComponentRecipe, Components
+from ltxc.geometry import Geometry
+from ltxc.normalise import Identity, MeanStd, Normaliser, ShiftScale
+from ltxc.spec import Spec
+from ltxc.spec import types as spec_types
+from ltxc.spec.expr import Expr
+
+PLAN_FORMAT = 1
+
+
+@frozen
+class Plan:
+    """What `ltxc compile` produces and every `ltxc run` command executes."""
+
+    spec: Spec
+    data: dict[str, Any]  # the resolved spec as plain data (defaults filled, extends merged)
+    hash: str
+    sources: tuple[str, ...]  # the spec files merged into it, root ancestor first
+    geometry: Geometry
+    recipes: dict[str, ComponentRecipe]
+    call: dict[str, Expr]  # [transformer.call]: keyword -> compiled expression
+    loss_weight: Expr
+    constants: dict[str, int]  # geometry numbers every expression may read
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.spec.model.name
+
+    def components(self) -> Components:
+        """A fresh lazy component set (nothing is built until asked for)."""
+        return Components(self.recipes)
+
+    def normaliser(self, components: Mapping[str, Any]) -> Normaliser:
+        """The latent normaliser, reading VAE statistics from `components` where the spec says so."""
+        norm = self.spec.latent.normalise
+        if isinstance(norm, spec_types.MeanStd):
+            mean = _statistic(norm.mean, components)
+            std = _statistic(norm.std, components)
+            return MeanStd(mean, std, float(_read(norm.scaling_factor, components)))
+        if isinstance(norm, spec_types.ShiftScale):
+            return ShiftScale(float(_read(norm.shift, components)), float(_read(norm.scale, components)))
+        return Identity()
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan file's content."""
+        return {"ltxc_plan": PLAN_FORMAT, "hash": self.hash, "sources": list(self.sources), "spec": self.data}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `plan.json` into `directory` atomically; return its path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / "plan.json"
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".plan.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(self.to_json(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, target)
+        return target
+
+
+def _read(value: Any, components: Mapping[str, Any]) -> Any:
+    """A literal, or "<role>.<attr>[.<key>...]" read from a component (mappings by key, objects by attribute)."""
+    if not isinstance(value, str):
+        return value
+    role, *parts = value.split(".")
+    current = components[role]
+    for part in parts:
+        current = current[part] if isinstance(current, Mapping) else getattr(current, part)
+    return current
+
+
+def _statistic(value: Any, components: Mapping[str, Any]) -> torch.Tensor:
+    raw = _read(value, components)
+    if isinstance(raw, torch.Tensor):
+        return raw.detach().to(torch.float32)
+    return torch.tensor(list(raw), dtype=torch.float32)

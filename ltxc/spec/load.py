@@ -1,0 +1,276 @@
+"""TOML -> `extends` -> JSON Schema -> frozen attrs: the one way a spec (or run config) is read.
+
+Every problem a user can cause here becomes a `SpecError` whose lines read `FILE:LINE: key.path: message`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from collections.abc import Callable, Iterable
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+import jsonschema
+
+from ltxc.spec.errors import Problem, SpecError, dotted
+from ltxc.spec.locate import KeyPath, key_lines
+from ltxc.spec.types import Spec, spec_from_dict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+# Component keys that hold local paths: resolved against the directory of the file that wrote them.
+_PATH_PREFIXES = ("./", "../", "/", "~")
+
+
+@attrs.frozen
+class Locator:
+    """Answers "where was this key written?" for a merged document: (file, line)."""
+
+    origins: dict[KeyPath, tuple[str, int]]
+    root_file: str
+
+    def where(self, path: Iterable[object]) -> tuple[str, int]:
+        """The file and line of `path`, or of its nearest written ancestor."""
+        keys = tuple(str(p) for p in path if not isinstance(p, int))
+        for depth in range(len(keys), 0, -1):
+            if keys[:depth] in self.origins:
+                return self.origins[keys[:depth]]
+        return self.root_file, 1
+
+    def problem(self, path: Iterable[object], message: str) -> Problem:
+        """A `Problem` at `path`."""
+        path = list(path)
+        file, line = self.where(path)
+        return Problem(file, line, dotted(path), message)
+
+
+@attrs.frozen
+class Loaded:
+    """A validated document: its typed form, its merged data, and where every key came from."""
+
+    value: Any
+    data: dict[str, Any]
+    locator: Locator
+    files: tuple[str, ...]
+
+
+def schema_path(name: str) -> Path:
+    """Path of a shipped JSON Schema (inside the installed package, or the checkout's `schemas/`)."""
+    packaged = resources.files("ltxc") / "schemas" / name
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "schemas" / name
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """A shipped JSON Schema as data."""
+    return json.loads(schema_path(name).read_text())
+
+
+def load_spec(path: str | Path) -> Loaded:
+    """Load, merge, validate and structure a model spec."""
+    return load_document(path, "spec.schema.json", spec_from_dict, extends_key=("model", "extends"))
+
+
+def load_document(
+    path: str | Path,
+    schema_name: str,
+    structure: Callable[[dict[str, Any]], T],
+    extends_key: KeyPath | None = None,
+    overrides: dict[KeyPath, Any] | None = None,
+) -> Loaded:
+    """Read a TOML document (following `extends`), validate it against a schema and structure it."""
+    layers = _read_chain(Path(path), extends_key)
+    data: dict[str, Any] = {}
+    origins: dict[KeyPath, tuple[str, int]] = {}
+    for file, layer, lines in layers:
+        _record_origins(layer, (), file, lines, origins)
+        data = _deep_merge(data, layer)
+    for key, value in (overrides or {}).items():
+        _set_path(data, key, value)
+        origins[key] = ("--set", 0)
+    root = layers[-1][0]
+    locator = Locator(origins, root)
+    _resolve_local_paths(data, locator)
+    _validate(data, load_schema(schema_name), locator)
+    try:
+        value = structure(data)
+    except cattrs.BaseValidationError as exc:  # the schema should catch these first; this is the backstop
+        raise SpecError(_cattrs_problems(exc, locator)) from None
+    return Loaded(value, data, locator, tuple(file for file, _, _ in layers))
+
+
+def _read_toml(path: Path, referrer: Problem | None) -> tuple[dict[str, Any], dict[KeyPath, int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if referrer is not None:
+            raise SpecError([attrs.evolve(referrer, message=f"{referrer.message}: {path} does not exist")])
+        raise SpecError([Problem(str(path), 0, "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([Problem(str(path), 0, "", f"cannot read: {exc}")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        raise SpecError([Problem(str(path), line, "", f"not valid TOML: {exc}")]) from None
+    return data, key_lines(text)
+
+
+def _line_from_message(message: str) -> int:
+    # Python < 3.14 only says "(at line N, column M)" inside the message.
+    marker = "at line "
+    if marker in message:
+        digits = message.split(marker, 1)[1].split(",")[0].split(")")[0]
+        if digits.isdigit():
+            return int(digits)
+    return 0
+
+
+def _read_chain(
+    path: Path, extends_key: KeyPath | None
+) -> list[tuple[str, dict[str, Any], dict[KeyPath, int]]]:
+    """The file and its `extends` ancestors, root ancestor first."""
+    chain: list[tuple[str, dict[str, Any], dict[KeyPath, int]]] = []
+    seen: list[Path] = []
+    referrer: Problem | None = None
+    current = path
+    while True:
+        resolved = current.resolve()
+        if resolved in seen:
+            cycle = " -> ".join(str(p) for p in [*seen[seen.index(resolved) :], resolved])
+            assert referrer is not None
+            raise SpecError([attrs.evolve(referrer, message=f"extends cycle: {cycle}; remove one link")])
+        seen.append(resolved)
+        data, lines = _read_toml(current, referrer)
+        chain.append((str(current), data, lines))
+        parent = _get_path(data, extends_key) if extends_key else None
+        if parent is None:
+            break
+        where = lines.get(extends_key, 1)
+        referrer = Problem(str(current), where, dotted(extends_key), f"cannot extend {parent!r}")
+        if not isinstance(parent, str):
+            raise SpecError([attrs.evolve(referrer, message="must be a path string")])
+        current = current.parent / parent
+    return chain[::-1]
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; anything else: `over` wins."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _record_origins(
+    value: Any, path: KeyPath, file: str, lines: dict[KeyPath, int], origins: dict[KeyPath, tuple[str, int]]
+) -> None:
+    if path:
+        ancestors = (path[:depth] for depth in range(len(path), 0, -1))
+        origins[path] = (file, next((lines[p] for p in ancestors if p in lines), 1))
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _record_origins(sub, (*path, key), file, lines, origins)
+
+
+def _get_path(data: dict[str, Any], path: KeyPath) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _set_path(data: dict[str, Any], path: KeyPath, value: Any) -> None:
+    for key in path[:-1]:
+        data = data.setdefault(key, {})
+    data[path[-1]] = value
+
+
+def _resolve_local_paths(data: dict[str, Any], locator: Locator) -> None:
+    """Make `pretrained = "./dir"` absolute, relative to the file that wrote it."""
+    for role, table in (data.get("components") or {}).items():
+        if not isinstance(table, dict):
+            continue
+        value = table.get("pretrained")
+        if isinstance(value, str) and value.startswith(_PATH_PREFIXES):
+            file, _ = locator.where(("components", role, "pretrained"))
+            base = Path(file).resolve().parent
+            table["pretrained"] = str((base / Path(value).expanduser()).resolve())
+
+
+def _validate(data: dict[str, Any], schema: dict[str, Any], locator: Locator) -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = [_describe(error, locator) for error in validator.iter_errors(data)]
+    if problems:
+        raise SpecError(problems)
+
+
+def _describe(error: jsonschema.ValidationError, locator: Locator) -> Problem:
+    """Turn a jsonschema error into one line a user can act on."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted((error.schema.get("properties") or {}).keys())
+        extra = sorted(set(error.instance) - set(allowed))
+        key = extra[0] if extra else "?"
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+        return locator.problem(
+            [*path, key], f"unknown key{did_you_mean} (allowed here: {', '.join(allowed)})"
+        )
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return locator.problem([*path, missing], "missing required key")
+    if error.validator == "type":
+        wanted = error.validator_value
+        wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
+        return locator.problem(
+            path, f"expected {wanted}, got {_toml_type(error.instance)} {error.instance!r}"
+        )
+    if error.validator == "enum":
+        options = ", ".join(repr(v) for v in error.validator_value)
+        return locator.problem(path, f"{error.instance!r} is not one of {options}")
+    if error.validator == "pattern":
+        desc = error.schema.get("description", f"must match {error.validator_value}")
+        return locator.problem(path, f"{error.instance!r} is not valid: {desc}")
+    return locator.problem(path, error.message)
+
+
+def _toml_type(value: Any) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+
+
+def _cattrs_problems(exc: cattrs.BaseValidationError, locator: Locator) -> list[Problem]:
+    from cattrs.v import transform_error
+
+    return [locator.problem([], message) for message in transform_error(exc)]
+
+
+def structure_error(locator: Locator, path: KeyPath, message: str) -> SpecError:
+    """A one-problem `SpecError` at `path` (for checks made after validation)."""
+    return SpecError([locator.problem(path, message)])
+
+
+__all__ = ["Loaded", "Locator", "Spec", "load_document", "load_schema", "load_spec", "schema_path"]
