@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="ltxc", description="Fine-tune video diffusion transformers from model specs."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    compile_cmd = commands.add_parser(
-        "compile", help="validate and compile a spec; print a summary; write the plan"
-    )
+    compile_cmd = commands.add_parser("compile", help="validate and compile a spec; print a summary; write the plan")
     compile_cmd.add_argument("spec", type=Path, help="a model spec (TOML), e.g. specs/tiny/ltx.toml")
     compile_cmd.add_argument(
         "--out", type=Path, default=DEFAULT_PLAN_DIR, help="directory for plan.json (default .ltxc)"
@@ -62,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ltxc compile ... | head` is not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep the interpreter from failing at exit
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -206,14 +206,10 @@ def _components(spec: Spec, locator: Locator, problems: list[Problem]) -> dict[s
     return recipes
 
 
-def _source(
-    component: Component, where: tuple[str, ...], locator: Locator, problems: list[Problem]
-) -> str | None:
+def _source(component: Component, where: tuple[str, ...], locator: Locator, problems: list[Problem]) -> str | None:
     has_pretrained, has_config = component.pretrained is not None, component.config is not None
     if component.source == "pretrained" and not has_pretrained:
-        problems.append(
-            locator.problem((*where, "pretrained"), 'source = "pretrained" but no pretrained is set')
-        )
+        problems.append(locator.problem((*where, "pretrained"), 'source = "pretrained" but no pretrained is set'))
         return None
     if component.source == "config" and not has_config:
         problems.append(locator.problem((*where, "config"), 'source = "config" but no config table is set'))
@@ -226,9 +222,7 @@ def _source(
         )
         return None
     if not (has_pretrained or has_config):
-        problems.append(
-            locator.problem(where, "set pretrained (a directory or hub id) or an inline config table")
-        )
+        problems.append(locator.problem(where, "set pretrained (a directory or hub id) or an inline config table"))
         return None
     return "pretrained" if has_pretrained else "config"
 
@@ -244,9 +238,7 @@ def _check_roles(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
     for path, role in roles.items():
         if role not in spec.components:
             problems.append(
-                locator.problem(
-                    path, f"no [components.{role}] in this spec (it has: {', '.join(spec.components)})"
-                )
+                locator.problem(path, f"no [components.{role}] in this spec (it has: {', '.join(spec.components)})")
             )
 
 

@@ -66,9 +66,7 @@ def resolve_class(reference: str, base: type | None = None) -> type:
     try:
         cls = getattr(module, class_name)
     except (AttributeError, ImportError, RuntimeError) as exc:
-        raise ComponentError(
-            f"{module_name} has no class {class_name!r} ({type(exc).__name__}: {exc})"
-        ) from None
+        raise ComponentError(f"{module_name} has no class {class_name!r} ({type(exc).__name__}: {exc})") from None
     if not inspect.isclass(cls):
         raise ComponentError(f"{reference!r} is not a class")
     if base is not None and not issubclass(cls, base):
@@ -115,11 +113,7 @@ class ComponentRecipe:
             where = self.pretrained + (f" [{self.subfolder}]" if self.subfolder else "")
             where += f" @ {self.revision}" if self.revision else ""
         else:
-            where = (
-                f"inline config, random weights (seed {self.seed})"
-                if self.kind == "module"
-                else "inline config"
-            )
+            where = f"inline config, random weights (seed {self.seed})" if self.kind == "module" else "inline config"
         dtype = f", {self.dtype}" if self.kind == "module" else ""
         return f"{self.reference} <- {where}{dtype}"
 

@@ -90,9 +90,7 @@ class Geometry:
         m = self.resolution_multiple
         bad = [f"{name} {v}" for name, v in (("height", height), ("width", width)) if v < m or v % m]
         if bad:
-            fix = ", ".join(
-                f"{name} -> {self.fit_resolution(int(v))}" for name, v in (b.split() for b in bad)
-            )
+            fix = ", ".join(f"{name} -> {self.fit_resolution(int(v))}" for name, v in (b.split() for b in bad))
             raise ShapeError(f"{' and '.join(bad)} must be multiples of {m} pixels (nearest below: {fix})")
 
     def fit_resolution(self, pixels: int) -> int:

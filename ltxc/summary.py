@@ -55,9 +55,7 @@ def summarise(plan: Plan, sizes: Iterable[tuple[int, int, int]] = DEFAULT_SIZES)
         f"sampler    {spec.sampler.steps} steps, guidance {spec.sampler.guidance:g}, "
         f"sigmas {spec.sampler.sigmas}, shift {_shift(spec.sampler.shift)}"
     )
-    lines.append(
-        f"flow       target {spec.flow.target}, sigma {spec.flow.sigma.kind}, shift {_shift(spec.flow.shift)}"
-    )
+    lines.append(f"flow       target {spec.flow.target}, sigma {spec.flow.sigma.kind}, shift {_shift(spec.flow.shift)}")
     lines.append(f"parallel   shard/checkpoint {', '.join(spec.parallel.blocks)}")
     return "\n".join(lines)
 

@@ -116,7 +116,7 @@ def _read_toml(path: Path, referrer: Problem | None) -> tuple[dict[str, Any], di
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         if referrer is not None:
-            raise SpecError([attrs.evolve(referrer, message=f"{referrer.message}: {path} does not exist")])
+            raise SpecError([attrs.evolve(referrer, message=f"{referrer.message}: {path} does not exist")]) from None
         raise SpecError([Problem(str(path), 0, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([Problem(str(path), 0, "", f"cannot read: {exc}")]) from None
@@ -138,9 +138,7 @@ def _line_from_message(message: str) -> int:
     return 0
 
 
-def _read_chain(
-    path: Path, extends_key: KeyPath | None
-) -> list[tuple[str, dict[str, Any], dict[KeyPath, int]]]:
+def _read_chain(path: Path, extends_key: KeyPath | None) -> list[tuple[str, dict[str, Any], dict[KeyPath, int]]]:
     """The file and its `extends` ancestors, root ancestor first."""
     chain: list[tuple[str, dict[str, Any], dict[KeyPath, int]]] = []
     seen: list[Path] = []
@@ -230,18 +228,14 @@ def _describe(error: jsonschema.ValidationError, locator: Locator) -> Problem:
         key = extra[0] if extra else "?"
         hint = difflib.get_close_matches(key, allowed, n=1)
         did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-        return locator.problem(
-            [*path, key], f"unknown key{did_you_mean} (allowed here: {', '.join(allowed)})"
-        )
+        return locator.problem([*path, key], f"unknown key{did_you_mean} (allowed here: {', '.join(allowed)})")
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return locator.problem([*path, missing], "missing required key")
     if error.validator == "type":
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
-        return locator.problem(
-            path, f"expected {wanted}, got {_toml_type(error.instance)} {error.instance!r}"
-        )
+        return locator.problem(path, f"expected {wanted}, got {_toml_type(error.instance)} {error.instance!r}")
     if error.validator == "enum":
         options = ", ".join(repr(v) for v in error.validator_value)
         return locator.problem(path, f"{error.instance!r} is not one of {options}")

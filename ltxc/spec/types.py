@@ -6,7 +6,7 @@ work (geometry, normalisers, components, the call mapping) are built *from* them
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -14,9 +14,9 @@ from attrs import field, frozen
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 # A VAE statistic: "<role>.<buffer>", "<role>.config.<key>" or a literal list of numbers.
-StatRef = Union[str, tuple[float, ...]]
+StatRef = str | tuple[float, ...]
 # A number, or a reference to one on a component.
-NumberRef = Union[float, str]
+NumberRef = float | str
 
 
 def _key(name: str) -> dict[str, str]:
@@ -96,7 +96,7 @@ class NoNormalise:
     kind: Literal["none"]
 
 
-Normaliser = Union[MeanStd, ShiftScale, NoNormalise]
+Normaliser = MeanStd | ShiftScale | NoNormalise
 
 
 @frozen
@@ -147,7 +147,7 @@ class LogitNormalSigma:
     std: float = 1.0
 
 
-SigmaDistribution = Union[UniformSigma, LogitNormalSigma]
+SigmaDistribution = UniformSigma | LogitNormalSigma
 
 
 @frozen
@@ -176,7 +176,7 @@ class ResolutionShift:
     max_shift: float
 
 
-Shift = Union[NoShift, FixedShift, ResolutionShift]
+Shift = NoShift | FixedShift | ResolutionShift
 
 
 @frozen
