@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from ltxc.components import (
@@ -22,10 +23,11 @@ from ltxc.components import (
 from ltxc.components import unknown_config_keys as _unknown_config_keys
 from ltxc.geometry import FrameRule, Geometry
 from ltxc.ops import op_table
-from ltxc.plan import Plan
-from ltxc.spec import Loaded, Locator, SpecError, spec_to_dict
+from ltxc.plan import PLAN_FORMAT, Plan
+from ltxc.spec import Loaded, Locator, SpecError, UserError, spec_from_dict, spec_to_dict
 from ltxc.spec.errors import Problem
 from ltxc.spec.expr import Expr, ExprError, compile_expr
+from ltxc.spec.load import validate_data
 from ltxc.spec.types import Component, MeanStd, ShiftScale, Spec
 
 # Names a `[transformer.call]` expression may read (besides the geometry numbers below).
@@ -109,6 +111,25 @@ def compile_spec(loaded: Loaded) -> Plan:
         loss_weight=weight["loss_weight"],
         constants=numbers,
     )
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a `plan.json` written by `ltxc compile` and compile it again (no TOML needed)."""
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no plan here; run `ltxc compile SPEC` first (it writes .ltxc/plan.json)") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read the plan ({exc}); run `ltxc compile SPEC` again") from None
+    if not isinstance(content, dict) or content.get("ltxc_plan") != PLAN_FORMAT:
+        raise UserError(f"{path}: not an ltxc plan of format {PLAN_FORMAT}; run `ltxc compile SPEC` again")
+    data = content["spec"]
+    if spec_hash(data) != content.get("hash"):
+        raise UserError(f"{path}: the plan was edited after it was compiled (hash mismatch); edit the spec instead")
+    locator = Locator({}, str(path))
+    loaded = validate_data(data, "spec.schema.json", spec_from_dict, locator, tuple(content.get("sources", ())))
+    return compile_spec(loaded)
 
 
 def _resolved_data(spec: Spec, recipes: Mapping[str, ComponentRecipe]) -> dict[str, Any]:

@@ -100,15 +100,25 @@ def load_document(
     for key, value in (overrides or {}).items():
         _set_path(data, key, value)
         origins[key] = ("--set", 0)
-    root = layers[-1][0]
-    locator = Locator(origins, root)
+    locator = Locator(origins, layers[-1][0])
     _resolve_local_paths(data, locator)
+    return validate_data(data, schema_name, structure, locator, tuple(file for file, _, _ in layers))
+
+
+def validate_data(
+    data: dict[str, Any],
+    schema_name: str,
+    structure: Callable[[dict[str, Any]], T],
+    locator: Locator,
+    files: tuple[str, ...],
+) -> Loaded:
+    """Validate already-merged data against a schema (reporting every error) and structure it."""
     _validate(data, load_schema(schema_name), locator)
     try:
         value = structure(data)
     except cattrs.BaseValidationError as exc:  # the schema should catch these first; this is the backstop
         raise SpecError(_cattrs_problems(exc, locator)) from None
-    return Loaded(value, data, locator, tuple(file for file, _, _ in layers))
+    return Loaded(value, data, locator, files)
 
 
 def _read_toml(path: Path, referrer: Problem | None) -> tuple[dict[str, Any], dict[KeyPath, int]]:
@@ -267,4 +277,4 @@ def structure_error(locator: Locator, path: KeyPath, message: str) -> SpecError:
     return SpecError([locator.problem(path, message)])
 
 
-__all__ = ["Loaded", "Locator", "Spec", "load_document", "load_schema", "load_spec", "schema_path"]
+__all__ = ["Loaded", "Locator", "Spec", "load_document", "load_schema", "load_spec", "schema_path", "validate_data"]
