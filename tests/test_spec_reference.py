@@ -1,0 +1,25 @@
+"""docs/spec-reference.md is generated from the schema and must not drift from it.
+
+Run: pytest tests/test_spec_reference.py   (regenerate with: python tools/spec_reference.py > docs/spec-reference.md)
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_reference_matches_schema() -> None:
+    generated = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "spec_reference.py")], capture_output=True, text=True, check=True
+    ).stdout
+    committed = (ROOT / "docs" / "spec-reference.md").read_text()
+    assert generated == committed, "regenerate: python tools/spec_reference.py > docs/spec-reference.md"
+
+
+def test_reference_lists_every_section() -> None:
+    text = (ROOT / "docs" / "spec-reference.md").read_text()
+    for key in ("geometry.frames.multiple", "latent.normalise.scaling_factor", "transformer.call", "sampler.shift"):
+        assert f"| `{key}` |" in text
