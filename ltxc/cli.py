@@ -42,13 +42,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from ltxc.compiler import compile_spec
     from ltxc.spec import load_spec
+
+    loaded = load_spec(args.spec)  # before importing torch: a bad spec fails in a fraction of a second
+    from ltxc.compiler import compile_spec
     from ltxc.summary import DEFAULT_SIZES, summarise
 
-    plan = compile_spec(load_spec(args.spec))
+    plan = compile_spec(loaded)
     print(summarise(plan, args.size or DEFAULT_SIZES))
-    path = plan.save(args.out)
+    try:
+        path = plan.save(args.out)
+    except OSError as exc:
+        raise UserError(f"{args.out}: cannot write the plan there ({exc}); pass --out DIR") from None
     print(f"plan       {path}")
     return 0
 

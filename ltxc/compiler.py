@@ -141,8 +141,8 @@ def _resolved_data(spec: Spec, recipes: Mapping[str, ComponentRecipe]) -> dict[s
         table = data["components"][role]
         table["source"] = recipe.source
         table["kind"] = recipe.kind
-        for key in unused[recipe.source]:
-            table.pop(key, None)
+        for key in unused[recipe.source] + (() if recipe.kind == "module" else ("seed", "dtype")):
+            table.pop(key, None)  # keys that do nothing stay out of the plan, and out of its hash
     return data
 
 
@@ -202,6 +202,15 @@ def _components(spec: Spec, locator: Locator, problems: list[Problem]) -> dict[s
             continue
         source = _source(component, where, locator, problems)
         if source is None:
+            continue
+        # Local paths were made absolute at load time; hub ids never are. A missing directory would
+        # otherwise surface at build time as a confusing hub download error.
+        if (
+            source == "pretrained"
+            and os.path.isabs(component.pretrained or "")
+            and not os.path.isdir(component.pretrained or "")
+        ):
+            problems.append(locator.problem((*where, "pretrained"), f"{component.pretrained} is not a directory"))
             continue
         if source == "config" and kind != "tokenizer":
             unknown = _unknown_config_keys(cls, component.config or {})
@@ -270,7 +279,14 @@ def _check_normaliser(spec: Spec, locator: Locator, problems: list[Problem]) -> 
         fields = {"mean": norm.mean, "std": norm.std, "scaling_factor": norm.scaling_factor}
     elif isinstance(norm, ShiftScale):
         fields = {"shift": norm.shift, "scale": norm.scale}
+    channels = spec.geometry.latent_channels
     for name, value in fields.items():
+        if isinstance(value, tuple) and len(value) != channels:
+            problems.append(
+                locator.problem(
+                    ("latent", "normalise", name), f"has {len(value)} values; geometry.latent_channels is {channels}"
+                )
+            )
         if isinstance(value, str) and value.split(".")[0] not in spec.components:
             problems.append(
                 locator.problem(("latent", "normalise", name), f"{value!r} names no component of this spec")

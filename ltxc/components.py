@@ -82,8 +82,9 @@ def resolve_component_class(reference: str, kind: Kind) -> type:
 def unknown_config_keys(cls: type, config: Mapping[str, Any]) -> list[str]:
     """Config keys the class would silently ignore (a typo in a tiny spec must not pass quietly)."""
     if _is_transformers_model(cls):
-        defaults = cls.config_class()
-        return [key for key in config if not hasattr(defaults, key)]
+        config_class = cls.config_class
+        known = set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
+        return [key for key in config if key not in known]
     init = cls.__init__
     params = inspect.signature(init).parameters
     if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -121,7 +122,10 @@ class ComponentRecipe:
         """Load or construct the component."""
         obj = self._load() if self.source == "pretrained" else self._construct()
         if self.kind == "module":
-            obj = obj.to(DTYPES[self.dtype]).eval()
+            dtype = DTYPES[self.dtype]
+            if any(p.dtype != dtype for p in obj.parameters()):  # skip no-op casts (diffusers warns on each)
+                obj = obj.to(dtype)
+            obj = obj.eval()
         return obj
 
     def _load(self) -> Any:

@@ -17,7 +17,7 @@ class ShapeError(UserError):
 
 @frozen
 class FrameRule:
-    """Valid frame counts are `multiple * k + offset`, k >= 0 (LTX-Video: 8k+1)."""
+    """Valid frame counts are `multiple * k + offset`, k >= 0 (e.g. 8k+1)."""
 
     multiple: int
     offset: int

@@ -87,5 +87,5 @@ def _read(value: Any, components: Mapping[str, Any]) -> Any:
 def _statistic(value: Any, components: Mapping[str, Any]) -> torch.Tensor:
     raw = _read(value, components)
     if isinstance(raw, torch.Tensor):
-        return raw.detach().to(torch.float32)
+        return raw.detach().to(torch.float32, copy=True)  # a snapshot: later edits to the VAE don't leak in
     return torch.tensor(list(raw), dtype=torch.float32)

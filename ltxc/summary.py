@@ -8,7 +8,7 @@ from ltxc.geometry import ShapeError
 from ltxc.plan import Plan
 from ltxc.spec import types as spec_types
 
-# (width, height, frames) shown by default: LTX-Video's common training sizes.
+# (width, height, frames) shown by default: common video training sizes.
 DEFAULT_SIZES: tuple[tuple[int, int, int], ...] = ((768, 512, 121), (1216, 704, 121))
 FRAME_LIST_LIMIT = 257
 
@@ -49,7 +49,10 @@ def summarise(plan: Plan, sizes: Iterable[tuple[int, int, int]] = DEFAULT_SIZES)
     for key, expr in plan.call.items():
         shown = expr.source
         if expr.names and expr.is_static(static_env):
-            shown += f"  = {_short(expr(static_env))}"
+            try:
+                shown += f"  = {_short(expr(static_env))}"
+            except (ArithmeticError, ValueError, TypeError) as exc:
+                shown += f"  (cannot evaluate: {exc})"
         lines.append(f"  {key:<{key_width}} = {shown}")
     lines.append(
         f"sampler    {spec.sampler.steps} steps, guidance {spec.sampler.guidance:g}, "

@@ -173,7 +173,7 @@ def test_unpack_pack_is_identity(case: tuple[Geometry, torch.Tensor]) -> None:
 @given(grids(), st.integers(0, 2**31 - 1))
 def test_pack_unpack_is_identity_on_tokens(case: tuple[Geometry, torch.Tensor], seed: int) -> None:
     g, x = case
-    b, _, f, h, w = x.shape
+    *_, f, h, w = x.shape
     tokens = torch.randn(g.pack(x).shape, generator=torch.Generator().manual_seed(seed))
     latents = g.unpack(tokens, f, h, w)
     assert list(latents.shape) == list(x.shape)
@@ -192,11 +192,16 @@ def test_grid_layout_passes_through(case: tuple[Geometry, torch.Tensor]) -> None
 
 def test_token_order_frame_major_then_row_then_column() -> None:
     # value = 1000 c + 100 f + 10 h + w; patch 1: token t is (f, h, w) in row-major order, features are channels
-    b, c, f, h, w = 1, 2, 2, 3, 4
+    c, f, h, w = 2, 2, 3, 4
     fs, hs, ws = torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij")
     x = torch.stack([1000 * ci + 100 * fs + 10 * hs + ws for ci in range(c)])[None].float()
     tokens = Geometry(c, 1, 1, FrameRule(1, 0), 1).pack(x)
-    expected = [[1000 * ci + 100 * fi + 10 * hi + wi for ci in range(c)] for fi in range(f) for hi in range(h) for wi in range(w)]
+    expected = [
+        [1000 * ci + 100 * fi + 10 * hi + wi for ci in range(c)]
+        for fi in range(f)
+        for hi in range(h)
+        for wi in range(w)
+    ]
     assert tokens[0].tolist() == expected
     assert tokens[0, :5, 0].tolist() == [0, 1, 2, 3, 10]  # the column moves fastest, then the row
 
@@ -269,7 +274,11 @@ def ltx() -> Geometry:
 
 @pytest.mark.parametrize(
     ("width", "height", "frames", "shape", "tokens"),
-    [(768, 512, 121, [128, 16, 16, 24], 6144), (1216, 704, 121, [128, 16, 22, 38], 13376), (32, 32, 1, [128, 1, 1, 1], 1)],
+    [
+        (768, 512, 121, [128, 16, 16, 24], 6144),
+        (1216, 704, 121, [128, 16, 22, 38], 13376),
+        (32, 32, 1, [128, 1, 1, 1], 1),
+    ],
 )
 def test_ltx_latent_shapes(ltx: Geometry, width: int, height: int, frames: int, shape: list[int], tokens: int) -> None:
     assert ltx.latent_shape(frames, height, width).as_list() == shape

@@ -26,7 +26,7 @@ _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
     ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv,
     ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
+    ast.Pow: lambda base, exponent: _bounded_pow(base, exponent),
 }
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 _CONSTANT_TYPES = (bool, int, float, str, type(None))
@@ -34,6 +34,16 @@ _CONSTANT_TYPES = (bool, int, float, str, type(None))
 
 class ExprError(ValueError):
     """An expression uses something outside the vocabulary or the allowed constructs."""
+
+
+MAX_EXPONENT = 64
+
+
+def _bounded_pow(base: Any, exponent: Any) -> Any:
+    # `9 ** 9 ** 9` would hang the compiler's summary; no spec needs exponents this large.
+    if isinstance(exponent, (int, float)) and abs(exponent) > MAX_EXPONENT:
+        raise ExprError(f"exponent {exponent} is larger than {MAX_EXPONENT}")
+    return operator.pow(base, exponent)
 
 
 @frozen
@@ -55,12 +65,14 @@ class Expr:
 
 def compile_expr(source: str, names: Collection[str], ops: Mapping[str, Callable[..., Any]]) -> Expr:
     """Compile `source` into an `Expr` that may read `names` and call `ops`; raise `ExprError` otherwise."""
+    builder = _Builder(frozenset(names), ops)
     try:
         tree = ast.parse(source.strip(), mode="eval")
+        closure = builder.build(tree.body)
     except SyntaxError as exc:
         raise ExprError(f"not a valid expression ({exc.msg}): {source!r}") from None
-    builder = _Builder(frozenset(names), ops)
-    closure = builder.build(tree.body)
+    except (RecursionError, MemoryError):
+        raise ExprError("expression is too deeply nested") from None
     return Expr(source, frozenset(builder.used_names), frozenset(builder.used_ops), closure)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -127,9 +128,9 @@ def _read_toml(path: Path, referrer: Problem | None) -> tuple[dict[str, Any], di
     except FileNotFoundError:
         if referrer is not None:
             raise SpecError([attrs.evolve(referrer, message=f"{referrer.message}: {path} does not exist")]) from None
-        raise SpecError([Problem(str(path), 0, "", "file not found")]) from None
+        raise SpecError([Problem(str(path), 1, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([Problem(str(path), 0, "", f"cannot read: {exc}")]) from None
+        raise SpecError([Problem(str(path), 1, "", f"cannot read: {exc}")]) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -170,16 +171,21 @@ def _read_chain(path: Path, extends_key: KeyPath | None) -> list[tuple[str, dict
         referrer = Problem(str(current), where, dotted(extends_key), f"cannot extend {parent!r}")
         if not isinstance(parent, str):
             raise SpecError([attrs.evolve(referrer, message="must be a path string")])
-        current = current.parent / parent
+        current = Path(os.path.normpath(current.parent / parent))
     return chain[::-1]
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; anything else: `over` wins."""
+    """Tables merge key by key; anything else: `over` wins.
+
+    A tagged table (one with a `kind`) that changes its kind replaces the parent's table instead: a child
+    switching `normalise` from mean_std to shift_scale must not inherit the parent's mean and std.
+    """
     out = dict(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind", old.get("kind")) == old.get("kind"):
+            out[key] = _deep_merge(old, value)
         else:
             out[key] = value
     return out
@@ -212,7 +218,10 @@ def _set_path(data: dict[str, Any], path: KeyPath, value: Any) -> None:
 
 def _resolve_local_paths(data: dict[str, Any], locator: Locator) -> None:
     """Make `pretrained = "./dir"` absolute, relative to the file that wrote it."""
-    for role, table in (data.get("components") or {}).items():
+    components = data.get("components")
+    if not isinstance(components, dict):
+        return  # the schema reports it
+    for role, table in components.items():
         if not isinstance(table, dict):
             continue
         value = table.get("pretrained")
@@ -224,21 +233,28 @@ def _resolve_local_paths(data: dict[str, Any], locator: Locator) -> None:
 
 def _validate(data: dict[str, Any], schema: dict[str, Any], locator: Locator) -> None:
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [_describe(error, locator) for error in validator.iter_errors(data)]
+    problems = [problem for error in validator.iter_errors(data) for problem in _describe(error, locator)]
     if problems:
         raise SpecError(problems)
 
 
-def _describe(error: jsonschema.ValidationError, locator: Locator) -> Problem:
-    """Turn a jsonschema error into one line a user can act on."""
+def _describe(error: jsonschema.ValidationError, locator: Locator) -> list[Problem]:
+    """Turn a jsonschema error into lines a user can act on (one per unknown key)."""
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted((error.schema.get("properties") or {}).keys())
-        extra = sorted(set(error.instance) - set(allowed))
-        key = extra[0] if extra else "?"
-        hint = difflib.get_close_matches(key, allowed, n=1)
-        did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
-        return locator.problem([*path, key], f"unknown key{did_you_mean} (allowed here: {', '.join(allowed)})")
+        problems = []
+        for key in sorted(set(error.instance) - set(allowed)) or ["?"]:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+            problems.append(
+                locator.problem([*path, key], f"unknown key{did_you_mean} (allowed here: {', '.join(allowed)})")
+            )
+        return problems
+    return [_describe_one(error, path, locator)]
+
+
+def _describe_one(error: jsonschema.ValidationError, path: list, locator: Locator) -> Problem:
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return locator.problem([*path, missing], "missing required key")

@@ -89,9 +89,14 @@ def _bracket_balance(text: str) -> int:
     """Opening minus closing `[`/`{` outside strings and comments."""
     balance = 0
     quote: str | None = None
+    escaped = False
     for ch in text:
         if quote:
-            if ch == quote:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
                 quote = None
         elif ch in "\"'":
             quote = ch

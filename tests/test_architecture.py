@@ -1,0 +1,387 @@
+"""Architecture guards: the rules in DESIGN.md that no single feature test would notice breaking.
+
+(a) `ltxc.spec` imports no torch (and nothing else of ltxc), checked in a fresh interpreter;
+(b) every key in schemas/spec.schema.json has a non-empty description;
+(c) the schema and the attrs classes in ltxc/spec/types.py describe the same keys, required keys,
+    scalar types and enums, both ways (tagged unions variant by variant against their if/then branch);
+(d) no model-family identifier (LTX, Wan, T5, ...) in ltxc/ source: model knowledge lives in specs/;
+(e) every spec in specs/ (except specs/runs/) compiles;
+(f) no module or package named utils in ltxc/.
+
+Run: `pytest -q tests/test_architecture.py`
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import pytest
+from conftest import ROOT, SPECS
+
+from ltxc.spec import types as spec_types
+
+SCHEMA_PATH = ROOT / "schemas" / "spec.schema.json"
+LTXC = ROOT / "ltxc"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+# --- (a) the spec package stays light --------------------------------------------------------------------
+
+
+def test_spec_package_imports_no_torch():
+    code = (
+        "import sys\n"
+        "import ltxc.spec, ltxc.spec.load, ltxc.spec.expr, ltxc.spec.types, ltxc.spec.locate, ltxc.spec.errors\n"
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules)\n"
+        "others = sorted(m for m in sys.modules if m.startswith('ltxc.') and not m.startswith('ltxc.spec'))\n"
+        "print(heavy, others)\n"
+        "assert 'torch' not in sys.modules, heavy\n"
+        "assert not heavy and not others, (heavy, others)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_spec_package_imports_nothing_else_of_ltxc():
+    """Static check, so a lazy (function-level) import of ltxc.compiler from spec/ is caught too."""
+    offenders = []
+    for path in sorted((LTXC / "spec").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            elif isinstance(node, ast.ImportFrom) and node.level > 1:
+                modules = [f"..{node.module or ''}"]
+            for module in modules:
+                if module.startswith("..") or (module.startswith("ltxc") and not module.startswith("ltxc.spec")):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {module}")
+                if module.split(".")[0] == "torch":
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {module}")
+    assert offenders == []
+
+
+# --- (b) every key is described --------------------------------------------------------------------------
+
+
+def _deref(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """Follow `$ref` (local `#/...` only); sibling keywords win over the target's."""
+    seen = 0
+    while "$ref" in node:
+        ref = node["$ref"]
+        assert ref.startswith("#/"), f"non-local $ref {ref!r}"
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        seen += 1
+        assert seen < 20, f"$ref loop at {ref}"
+    return node
+
+
+def _described_keys(root: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(key path, description) for every key the schema defines: properties, $defs, allOf then-branches."""
+    found: list[tuple[str, str | None]] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        for key, sub in (node.get("properties") or {}).items():
+            where = f"{path}.{key}" if path else key
+            found.append((where, _deref(root, sub).get("description")))
+            walk(sub, where)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            walk(extra, f"{path}.<name>")
+        for index, branch in enumerate(node.get("allOf") or []):
+            for part in ("then", "else"):
+                if part in branch:
+                    walk(branch[part], f"{path}[allOf {index} {part}]")
+
+    found.append(("<root>", root.get("description")))
+    walk(root, "")
+    for name, definition in (root.get("$defs") or {}).items():
+        found.append((f"$defs.{name}", definition.get("description")))
+        walk(definition, f"$defs.{name}")
+    return found
+
+
+def test_every_schema_key_has_a_description(schema):
+    keys = _described_keys(schema)
+    assert len(keys) > 80  # the walk really went everywhere (properties, $defs and branches)
+    assert any("allOf" in where for where, _ in keys)
+    missing = [where for where, description in keys if not (isinstance(description, str) and description.strip())]
+    assert missing == []
+
+
+# --- (c) schema <-> attrs, both ways ---------------------------------------------------------------------
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def _strip_none(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+        return typing.Union[tuple(args)]  # noqa: UP007 - rebuilding a union from its parts
+    return hint
+
+
+def _tagged_variants(hint: Any) -> dict[str, type] | None:
+    """{kind: class} when `hint` is a union of attrs classes each with a one-value Literal `kind`."""
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return None
+    variants: dict[str, type] = {}
+    for arg in typing.get_args(hint):
+        if not attrs.has(arg):
+            return None
+        kind = typing.get_type_hints(arg).get("kind")
+        if kind is None or typing.get_origin(kind) is not Literal or len(typing.get_args(kind)) != 1:
+            return None
+        variants[typing.get_args(kind)[0]] = arg
+    return variants
+
+
+def _json_type(hint: Any) -> str | None:
+    if hint in _JSON_TYPES:
+        return _JSON_TYPES[hint]
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        return "array"
+    if origin is dict:
+        return "object"
+    return None
+
+
+def _schema_types(node: dict[str, Any]) -> set[str]:
+    declared = node.get("type")
+    if declared is None:
+        return set()
+    return set(declared) if isinstance(declared, list) else {declared}
+
+
+def _check_class(root, cls: type, node: dict[str, Any], path: str, problems: list[str], extra_required=()) -> None:
+    hints = typing.get_type_hints(cls)
+    fields = {f.metadata.get("key", f.name): f for f in attrs.fields(cls)}
+    properties = node.get("properties") or {}
+    if set(fields) != set(properties):
+        problems.append(
+            f"{path}: attrs {cls.__name__} has {sorted(set(fields) - set(properties))} not in the schema; "
+            f"schema has {sorted(set(properties) - set(fields))} not in {cls.__name__}"
+        )
+    required = set(node.get("required") or []) | set(extra_required)
+    no_default = {key for key, f in fields.items() if f.default is attrs.NOTHING}
+    if required != no_default:
+        problems.append(
+            f"{path}: schema requires {sorted(required)}, {cls.__name__} has no default for {sorted(no_default)}"
+        )
+    for key, f in fields.items():
+        if key in properties:
+            _check_type(root, hints[f.name], _deref(root, properties[key]), f"{path}.{key}", problems)
+
+
+def _check_union(root, variants: dict[str, type], node: dict[str, Any], path: str, problems: list[str]) -> None:
+    branches: dict[str, dict[str, Any]] = {}
+    for branch in node.get("allOf") or []:
+        const = branch.get("if", {}).get("properties", {}).get("kind", {}).get("const")
+        if const is not None and "then" in branch:
+            branches[const] = branch["then"]
+    kinds = set((node.get("properties") or {}).get("kind", {}).get("enum") or [])
+    if not (set(variants) == set(branches) == kinds):
+        problems.append(
+            f"{path}: attrs kinds {sorted(variants)}, if/then kinds {sorted(branches)}, enum {sorted(kinds)}"
+        )
+    for kind, cls in variants.items():
+        if kind in branches:
+            then = branches[kind]
+            # `kind` itself is checked by the const above; compare the rest like any table.
+            then_props = {k: v for k, v in (then.get("properties") or {}).items() if k != "kind"}
+            fields = {f.metadata.get("key", f.name) for f in attrs.fields(cls)} - {"kind"}
+            if fields != set(then_props) or "kind" not in (then.get("properties") or {}):
+                problems.append(
+                    f"{path}[kind={kind}]: {cls.__name__} fields {sorted(fields)} vs then {sorted(then_props)}"
+                )
+            required = set(node.get("required") or []) | set(then.get("required") or [])
+            no_default = {f.metadata.get("key", f.name) for f in attrs.fields(cls) if f.default is attrs.NOTHING}
+            if required != no_default:
+                problems.append(
+                    f"{path}[kind={kind}]: schema requires {sorted(required)}, no default {sorted(no_default)}"
+                )
+            hints = typing.get_type_hints(cls)
+            for f in attrs.fields(cls):
+                key = f.metadata.get("key", f.name)
+                if key in then_props:
+                    _check_type(root, hints[f.name], _deref(root, then_props[key]), f"{path}[{kind}].{key}", problems)
+
+
+def _check_type(root, hint: Any, node: dict[str, Any], path: str, problems: list[str]) -> None:
+    hint = _strip_none(hint)
+    variants = _tagged_variants(hint)
+    if variants is not None:
+        _check_union(root, variants, node, path, problems)
+        return
+    if attrs.has(hint):
+        if "object" not in _schema_types(node):
+            problems.append(f"{path}: {hint.__name__} is a table but the schema says {node.get('type')}")
+        _check_class(root, hint, node, path, problems)
+        return
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if set(args) != set(node.get("enum") or []):
+            problems.append(f"{path}: Literal{list(args)} vs schema enum {node.get('enum')}")
+        return
+    if origin is dict:
+        if "object" not in _schema_types(node):
+            problems.append(f"{path}: a dict but the schema says {node.get('type')}")
+        value = args[1] if args else Any
+        extra = node.get("additionalProperties")
+        if value is not Any:
+            if not isinstance(extra, dict):
+                problems.append(f"{path}: dict[str, {value}] but the schema has no additionalProperties schema")
+            else:
+                _check_type(root, value, _deref(root, extra), f"{path}.<name>", problems)
+        return
+    if origin in (typing.Union, types.UnionType):
+        wanted = {_json_type(a) for a in args}
+        if wanted != _schema_types(node):
+            problems.append(f"{path}: {hint} vs schema type {node.get('type')}")
+        return
+    wanted = _json_type(hint)
+    if wanted is None:
+        problems.append(f"{path}: don't know how to compare {hint!r} with the schema")
+        return
+    if _schema_types(node) != {wanted}:
+        problems.append(f"{path}: {hint} wants schema type {wanted!r}, schema says {node.get('type')}")
+    if origin is tuple:
+        items = _deref(root, node.get("items") or {})
+        fixed = [a for a in args if a is not Ellipsis]
+        if Ellipsis not in args and not (node.get("minItems") == node.get("maxItems") == len(fixed)):
+            problems.append(
+                f"{path}: {hint} has {len(fixed)} items; schema min/max {node.get('minItems')}/{node.get('maxItems')}"
+            )
+        if fixed:
+            _check_type(root, fixed[0], items, f"{path}[]", problems)
+
+
+def test_schema_top_level_matches_spec_class(schema):
+    fields = {f.metadata.get("key", f.name) for f in attrs.fields(spec_types.Spec)}
+    assert fields == set(schema["properties"])
+
+
+def test_schema_and_attrs_classes_correspond(schema):
+    problems: list[str] = []
+    _check_class(schema, spec_types.Spec, schema, "spec", problems)
+    assert problems == []
+
+
+def test_the_schema_comparison_is_not_vacuous(schema):
+    """Drop one key from a copy of the schema and rename a field's key: both must be noticed."""
+    broken = json.loads(json.dumps(schema))
+    del broken["properties"]["geometry"]["properties"]["layout"]
+    del broken["$defs"]["shift"]["allOf"][2]["then"]["properties"]["max_shift"]
+    broken["properties"]["sampler"]["properties"]["steps"]["type"] = "number"
+    problems: list[str] = []
+    _check_class(broken, spec_types.Spec, broken, "spec", problems)
+    text = "\n".join(problems)
+    assert "spec.geometry" in text
+    assert "kind=resolution" in text
+    assert "spec.sampler.steps" in text
+
+
+def test_class_key_is_spelled_class(schema):
+    """`class` is not a Python name: the attrs field `cls` carries the TOML key in its metadata."""
+    (cls_field,) = [f for f in attrs.fields(spec_types.Component) if f.name == "cls"]
+    assert cls_field.metadata == {"key": "class"}
+    assert "class" in schema["$defs"]["component"]["properties"]
+    assert "cls" not in schema["$defs"]["component"]["properties"]
+
+
+def _listed(text: str) -> set[str]:
+    """`a, latent.frames/height/width, patch_t/patch_h` -> {a, latent.frames, latent.height, ...}."""
+    names: set[str] = set()
+    text = re.sub(r"\s*\([^)]*\)", "", text)  # drop glosses like `sigma ([B] float32)`
+    for item in text.split(","):
+        first, *rest = (part.strip() for part in item.strip().rstrip(".").split("/"))
+        names.add(first)
+        prefix = first.rsplit(".", 1)[0] + "." if "." in first else ""
+        names.update(part if "." in part else prefix + part for part in rest)
+    return names
+
+
+def test_call_vocabulary_in_schema_matches_the_compiler(schema):
+    """The `[transformer.call]` description is the user's reference: its names and ops are the real ones."""
+    from ltxc.compiler import CALL_NAMES, geometry_numbers
+    from ltxc.geometry import FrameRule, Geometry
+    from ltxc.ops import op_table
+
+    description = schema["properties"]["transformer"]["properties"]["call"]["description"]
+    match = re.search(r"Names: (?P<names>.*?); ops: (?P<ops>.*?)\. ", description)
+    assert match, description
+    geometry = Geometry(4, 8, 4, FrameRule(4, 1), 16)
+    assert _listed(match["names"]) == set(CALL_NAMES) | set(geometry_numbers(geometry))
+    assert _listed(match["ops"]) == set(op_table(geometry))
+
+
+# --- (d) no model-family names in the framework ----------------------------------------------------------
+
+FAMILY_NAMES = ["LTX", "LTXVideo", "LTX2", "Wan", "Gemma", "T5", "UMT5", "Flux", "Hunyuan"]
+FAMILY_RE = re.compile(r"\b(?:" + "|".join(map(re.escape, FAMILY_NAMES)) + r")\b")
+
+
+def test_no_model_family_names_in_ltxc_source():
+    hits = []
+    for path in sorted(LTXC.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            for match in FAMILY_RE.finditer(line):
+                hits.append(f"{path.relative_to(ROOT)}:{number}: {match.group()}: {line.strip()}")
+    assert hits == [], "model knowledge belongs in specs/, not ltxc/:\n" + "\n".join(hits)
+
+
+def test_family_pattern_is_case_sensitive_and_whole_word():
+    assert FAMILY_RE.search("LTX-Video") and FAMILY_RE.search("a T5 encoder") and FAMILY_RE.search("Wan 2.1")
+    assert not FAMILY_RE.search("ltxc.spec") and not FAMILY_RE.search("wanted") and not FAMILY_RE.search("T50")
+
+
+# --- (e) every spec compiles -----------------------------------------------------------------------------
+
+
+def _spec_files() -> list[Path]:
+    runs = SPECS / "runs"
+    return sorted(p for p in SPECS.rglob("*.toml") if runs not in p.parents)
+
+
+def test_there_are_specs():
+    names = {p.relative_to(SPECS).as_posix() for p in _spec_files()}
+    assert {"ltx.toml", "tiny/ltx.toml"} <= names
+
+
+@pytest.mark.parametrize("path", _spec_files(), ids=lambda p: p.relative_to(SPECS).as_posix())
+def test_every_spec_compiles(path):
+    from ltxc.compiler import compile_spec
+    from ltxc.spec import load_spec
+
+    plan = compile_spec(load_spec(path))
+    assert plan.hash and len(plan.hash) == 64
+    assert Path(plan.sources[-1]).resolve() == path.resolve()
+    assert plan.call  # a spec without a call mapping could not drive a transformer
+
+
+# --- (f) no utils ----------------------------------------------------------------------------------------
+
+
+def test_no_utils_module():
+    offenders = [p.relative_to(ROOT).as_posix() for p in LTXC.rglob("*") if p.stem == "utils" or p.name == "utils"]
+    assert offenders == []
