@@ -38,7 +38,124 @@ def _parser() -> argparse.ArgumentParser:
         metavar="WxHxF",
         help="a pixel size to show shapes for (repeatable)",
     )
+    run = commands.add_parser("run", help="run a plan: preprocess (train and generate arrive in later issues)")
+    run_commands = run.add_subparsers(dest="run_command", required=True, metavar="JOB")
+    _add_preprocess(run_commands)
     return parser
+
+
+def _add_preprocess(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "preprocess",
+        help="encode a folder of videos/images + captions into a resumable latent cache",
+        description="Encode videos and images with captions into a latent cache (resumable; bad inputs are "
+        "skipped and listed in rejected.jsonl).",
+    )
+    p.add_argument("--data", type=Path, required=True, help="folder of media with .txt captions, or with metadata")
+    p.add_argument("--cache", type=Path, required=True, help="cache directory (created; resumed if it exists)")
+    p.add_argument("--plan", type=Path, help="plan.json (default .ltxc/plan.json, else the embedded tiny default)")
+    p.add_argument("--metadata", type=Path, help="a metadata.jsonl / metadata.csv (default: one inside --data)")
+    p.add_argument("--path-key", default="path", help="metadata key/column of the media path (default: path)")
+    p.add_argument("--caption-key", default="caption", help="metadata key/column of the caption (default: caption)")
+    p.add_argument(
+        "--missing-caption",
+        choices=["skip", "filename", "empty"],
+        default="skip",
+        help="a missing, empty or non-UTF-8 caption: skip the sample, use the file name, or use '' (default: skip)",
+    )
+    p.add_argument("--fps", type=float, help="take frames at this rate (default: the spec's fps)")
+    p.add_argument("--start", type=float, default=0.0, help="first frame time in seconds (default 0)")
+    p.add_argument("--max-frames", type=int, help="most frames per clip (default: the spec's default frame count)")
+    p.add_argument(
+        "--frame-buckets", type=_int_list, help="allowed frame counts, e.g. 9,17,33 (default: every valid count)"
+    )
+    p.add_argument(
+        "--frames-policy",
+        choices=["skip", "pad"],
+        default="skip",
+        help="a clip shorter than the fewest frames: skip it, or pad by repeating its last frame (recorded)",
+    )
+    p.add_argument(
+        "--low-fps",
+        choices=["repeat", "skip"],
+        default="repeat",
+        help="a clip slower than --fps: keep real time by repeating source frames (recorded), or skip it",
+    )
+    p.add_argument("--resolution", help="force one bucket WxH (e.g. 768x512; must obey the resolution rule)")
+    p.add_argument("--pixels", type=int, help="pixel budget per frame for the aspect buckets (default: spec W*H)")
+    p.add_argument("--aspects", type=_float_list, help="bucket aspect ratios W/H, e.g. 1,1.5,0.667")
+    p.add_argument("--tiling", choices=["auto", "on", "off"], default="auto", help="tiled VAE encode (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed for posterior sampling when the spec samples")
+    p.add_argument("--workers", type=int, default=1, help="encoding processes (spawned; one model copy each)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available; LOCAL_RANK under torchrun)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild a cache made with another spec or settings")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any input was rejected")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    import torch
+
+    from ltxc.data.buckets import DEFAULT_ASPECTS
+    from ltxc.defaults import resolve_plan
+    from ltxc.preprocess.run import format_report, preprocess
+    from ltxc.preprocess.settings import build_settings
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    plan = resolve_plan(args.plan)
+    settings = build_settings(
+        plan,
+        fps=args.fps,
+        start=args.start,
+        max_frames=args.max_frames,
+        frame_counts=args.frame_buckets,
+        resolution=args.resolution,
+        pixels=args.pixels,
+        aspects=args.aspects or DEFAULT_ASPECTS,
+        frames_policy=args.frames_policy,
+        low_fps=args.low_fps,
+        missing_caption=args.missing_caption,
+        tiling=args.tiling,
+        seed=args.seed,
+    )
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    report = preprocess(
+        plan,
+        args.data,
+        args.cache,
+        settings,
+        metadata=args.metadata,
+        path_key=args.path_key,
+        caption_key=args.caption_key,
+        workers=args.workers,
+        device=device,
+        overwrite=args.overwrite,
+    )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(format_report(report, args.cache))
+    if report.total_cached == 0:
+        print(f"nothing was cached: {len(report.rejected)} input(s) rejected (see {args.cache}/rejected.jsonl)")
+        return 1
+    if args.strict and report.rejected:
+        print(f"--strict: {len(report.rejected)} input(s) rejected")
+        return 1
+    return 0
 
 
 def _compile(args: argparse.Namespace) -> int:
@@ -62,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `ltxc` console script and `python -m ltxc`."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "run":
+            return {"preprocess": _preprocess}[args.run_command](args)
         return {"compile": _compile}[args.command](args)
     except UserError as exc:
         print(str(exc), file=sys.stderr)

@@ -122,12 +122,17 @@ def load_plan(path: str | Path) -> Plan:
         raise UserError(f"{path}: no plan here; run `ltxc compile SPEC` first (it writes .ltxc/plan.json)") from None
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read the plan ({exc}); run `ltxc compile SPEC` again") from None
-    if not isinstance(content, dict) or content.get("ltxc_plan") != PLAN_FORMAT:
-        raise UserError(f"{path}: not an ltxc plan of format {PLAN_FORMAT}; run `ltxc compile SPEC` again")
+    return plan_from_json(content, str(path))
+
+
+def plan_from_json(content: Any, origin: str = "plan.json") -> Plan:
+    """Rebuild a plan from the content of a `plan.json` (also how worker processes receive it)."""
+    if not isinstance(content, dict) or content.get("ltxc_plan") != PLAN_FORMAT or "spec" not in content:
+        raise UserError(f"{origin}: not an ltxc plan of format {PLAN_FORMAT}; run `ltxc compile SPEC` again")
     data = content["spec"]
     if spec_hash(data) != content.get("hash"):
-        raise UserError(f"{path}: the plan was edited after it was compiled (hash mismatch); edit the spec instead")
-    locator = Locator({}, str(path))
+        raise UserError(f"{origin}: the plan was edited after it was compiled (hash mismatch); edit the spec instead")
+    locator = Locator({}, origin)
     loaded = validate_data(data, "spec.schema.json", spec_from_dict, locator, tuple(content.get("sources", ())))
     return compile_spec(loaded)
 

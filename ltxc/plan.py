@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +10,7 @@ import torch
 from attrs import frozen
 
 from ltxc.components import ComponentRecipe, Components
+from ltxc.fileio import atomic_write_json
 from ltxc.geometry import Geometry
 from ltxc.normalise import Identity, MeanStd, Normaliser, ShiftScale
 from ltxc.spec import Spec
@@ -62,15 +60,7 @@ class Plan:
 
     def save(self, directory: str | Path) -> Path:
         """Write `plan.json` into `directory` atomically; return its path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / "plan.json"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".plan.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self.to_json(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, target)
-        return target
+        return atomic_write_json(Path(directory) / "plan.json", self.to_json())
 
 
 def _read(value: Any, components: Mapping[str, Any]) -> Any:

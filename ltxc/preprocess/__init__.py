@@ -1,0 +1,1 @@
+"""`ltxc run preprocess`: media + captions -> a resumable latent cache."""

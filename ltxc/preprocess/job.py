@@ -1,0 +1,118 @@
+"""One sample through the frame policy, the decoder and the processor, into the cache (or a rejection)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+from attrs import frozen
+
+from ltxc.data.buckets import nearest_bucket, pick_frames
+from ltxc.data.cache import Cache
+from ltxc.data.discover import Sample
+from ltxc.media.decode import read_frames
+from ltxc.media.errors import MediaError
+from ltxc.media.frames import FrameSelection, available_frames, pad_selection, select_frames
+from ltxc.media.probe import MediaInfo, probe
+from ltxc.preprocess.settings import PreprocessSettings
+from ltxc.processor import Processor
+
+
+@frozen
+class Outcome:
+    """What became of one sample: a manifest record or a rejection."""
+
+    sample_id: str
+    record: dict[str, Any] | None = None
+    rejected: dict[str, Any] | None = None
+
+
+class Rejection(Exception):
+    """A sample that cannot be used, with a short reason for `rejected.jsonl`."""
+
+
+def sample_seed(sample_id: str, seed: int) -> int:
+    """A per-sample seed independent of which worker or rank encodes it."""
+    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def plan_frames(info: MediaInfo, settings: PreprocessSettings, frame_rule_minimum: int) -> FrameSelection:
+    """Choose which source frames become the sample, by the settings' explicit, recorded policy."""
+    if info.kind == "image":
+        if frame_rule_minimum > 1:
+            raise Rejection(f"an image is 1 frame but the model needs at least {frame_rule_minimum}")
+        return select_frames(info.frame_times, fps=settings.fps, start=0.0, count=1)
+    available = available_frames(info.frame_times, info.end_time, fps=settings.fps, start=settings.start)
+    count = pick_frames(min(available, settings.max_frames), settings.frame_buckets)
+    shortest = settings.frame_buckets[0]
+    if count is None:
+        if settings.frames_policy != "pad" or available < 1:
+            raise Rejection(
+                f"too short: {available} frame(s) at {settings.fps:g} fps from t={settings.start:g}s, "
+                f"need at least {shortest} (or pass --frames-policy pad)"
+            )
+        taken = select_frames(info.frame_times, fps=settings.fps, start=settings.start, count=available)
+        return pad_selection(taken, shortest)
+    selection = select_frames(info.frame_times, fps=settings.fps, start=settings.start, count=count)
+    if selection.repeated and settings.low_fps == "skip":
+        raise Rejection(
+            f"source is {info.avg_fps:.3g} fps, below the target {settings.fps:g}: {selection.repeated} of {count} "
+            "frames would repeat (pass --low-fps repeat to keep it, or a lower --fps)"
+        )
+    return selection
+
+
+def process(
+    sample: Sample, settings: PreprocessSettings, processor: Processor, cache: Cache, spec_hash: str
+) -> Outcome:
+    """Probe, choose frames and bucket, decode, encode and write one sample."""
+    try:
+        return Outcome(sample.id, record=_process(sample, settings, processor, cache, spec_hash))
+    except (Rejection, MediaError) as exc:
+        return Outcome(sample.id, rejected={"id": sample.id, "source": sample.relpath, "reason": str(exc)})
+
+
+def _process(
+    sample: Sample, settings: PreprocessSettings, processor: Processor, cache: Cache, spec_hash: str
+) -> dict[str, Any]:
+    info = probe(sample.path)
+    geometry = processor.plan.geometry
+    selection = plan_frames(info, settings, geometry.frame_rule.minimum)
+    width, height = nearest_bucket(info.width, info.height, settings.resolutions)
+    frames = read_frames(info, selection.indices, (width, height))
+    if settings.tiles(width, height):
+        processor.enable_tiling()
+    seed = sample_seed(sample.id, settings.seed)
+    latents = processor.encode_video(frames, seed=seed)
+    embeds, mask = processor.encode_text([sample.caption])
+    tensors = {"latents": latents, "text_embeds": embeds[0], "text_mask": mask[0]}
+    file = cache.write_sample(sample.id, tensors, {"id": sample.id, "spec_hash": spec_hash})
+    count = len(selection.indices)
+    return {
+        "id": sample.id,
+        "source": sample.relpath,
+        "kind": sample.kind,
+        "caption": sample.caption,
+        "caption_source": sample.caption_source,
+        "source_fps": _round(info.avg_fps),
+        "source_size": [info.width, info.height],
+        "rotation": info.rotation,
+        "fps": settings.fps if info.kind == "video" else None,
+        "frames": count,
+        "frame_times": [_round(t) for t in selection.times],
+        "source_frames": list(selection.indices),
+        "source_times": [_round(t) for t in selection.source_times],
+        "repeated": selection.repeated,
+        "padded": getattr(selection, "padded", 0),
+        "pixel_shape": [count, height, width],
+        "latent_shape": list(latents.shape),
+        "bucket": f"{width}x{height}x{count}",
+        "file": file,
+    }
+
+
+def _round(value: float) -> float:
+    # 6 decimals: microsecond timestamps, and byte-stable JSON across platforms
+    return 0.0 if math.isclose(value, 0.0, abs_tol=5e-7) else round(value, 6)

@@ -1,0 +1,195 @@
+"""Run preprocessing: discover, split the work (ranks, workers), encode, journal, finalise, summarise."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+from attrs import frozen
+from tqdm import tqdm
+
+from ltxc.data.cache import CACHE_FORMAT, Cache
+from ltxc.data.discover import Sample, discover
+from ltxc.plan import Plan
+from ltxc.preprocess.job import Outcome, process
+from ltxc.preprocess.settings import PreprocessSettings
+from ltxc.processor import Processor
+
+
+@frozen
+class Report:
+    """What a preprocessing run did."""
+
+    cached_now: int
+    already_cached: int
+    total_cached: int
+    rejected: tuple[dict[str, Any], ...]
+    buckets: dict[str, int]
+    repeated_clips: int
+    padded_clips: int
+    seconds: float
+
+
+def cache_header(plan: Plan, settings: PreprocessSettings) -> dict[str, Any]:
+    """`cache.json`: what a reader needs to trust (or refuse) this cache."""
+    return {
+        "format": CACHE_FORMAT,
+        "spec": {"name": plan.name, "hash": plan.hash},
+        "settings": settings.to_json(),
+        "null_conditioning": "null.safetensors",
+        "tensors": {
+            "latents": "normalised latents [C, F, H, W], float32",
+            "text_embeds": "text encoder output [L, ...]",
+            "text_mask": "bool [L]",
+        },
+    }
+
+
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _barrier(world: int) -> None:
+    """Wait for every torchrun rank (gloo, so it works without GPUs)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    dist.barrier()
+
+
+def preprocess(
+    plan: Plan,
+    data: Path,
+    cache_dir: Path,
+    settings: PreprocessSettings,
+    *,
+    metadata: Path | None = None,
+    path_key: str = "path",
+    caption_key: str = "caption",
+    workers: int = 1,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Report:
+    """Preprocess `data` into `cache_dir`; resumable; deterministic whatever the worker or rank count."""
+    began = time.monotonic()
+    rank, world = _rank_world()
+    samples, discovery_rejects = discover(
+        data, metadata=metadata, path_key=path_key, caption_key=caption_key, missing_caption=settings.missing_caption
+    )
+    cache = Cache(cache_dir)
+    if rank == 0:
+        cache.open(cache_header(plan, settings), overwrite=overwrite)
+        cache.clear_rejected_journals()
+    _barrier(world)
+    done = cache.records()
+    mine = [s for s in samples[rank::world] if s.id not in done]
+    writer = f"rank{rank}"
+    if rank == 0 and not (cache.root / "null.safetensors").exists():
+        processor = Processor(plan, plan.components(), device)
+        cache.write_null(*(t[0] for t in processor.null_conditioning()))
+
+    bar = tqdm(total=len(mine), unit="clip", desc="preprocess", disable=not progress or None, file=sys.stderr)
+    cached_now = 0
+    for outcome in _outcomes(plan, mine, settings, cache, workers, device):
+        if outcome.record is not None:
+            cache.append(writer, outcome.record)
+            cached_now += 1
+        else:
+            assert outcome.rejected is not None
+            cache.append_rejected(writer, outcome.rejected)
+        bar.update(1)
+        bar.set_postfix(cached=cached_now, rejected=bar.n - cached_now, refresh=False)
+    bar.close()
+
+    _barrier(world)
+    rejected = [{"source": r.source, "reason": r.reason} for r in discovery_rejects]
+    if rank == 0:
+        manifest = cache.finalise([s.id for s in samples], rejected)
+    _barrier(world)
+    if rank != 0:
+        manifest = cache.manifest()
+    all_rejected = tuple(cache.rejected())
+    return Report(
+        cached_now=cached_now,
+        already_cached=len(done),
+        total_cached=len(manifest),
+        rejected=all_rejected,
+        buckets=dict(sorted(Counter(r["bucket"] for r in manifest).items())),
+        repeated_clips=sum(1 for r in manifest if r.get("repeated")),
+        padded_clips=sum(1 for r in manifest if r.get("padded")),
+        seconds=time.monotonic() - began,
+    )
+
+
+def _outcomes(
+    plan: Plan, samples: Sequence[Sample], settings: PreprocessSettings, cache: Cache, workers: int, device: str
+) -> Iterator[Outcome]:
+    if not samples:
+        return
+    if workers <= 1:
+        processor = Processor(plan, plan.components(), device)
+        for sample in samples:
+            yield process(sample, settings, processor, cache, plan.hash)
+        return
+    # spawn, never fork: CUDA cannot be forked, and each worker holds its own model copy
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(plan.to_json(), str(cache.root), device, threads),
+    ) as pool:
+        futures = [pool.submit(_work, sample, settings) for sample in samples]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(plan_json: dict[str, Any], cache_root: str, device: str, threads: int) -> None:
+    from ltxc.compiler import plan_from_json
+
+    torch.set_num_threads(threads)
+    plan = plan_from_json(plan_json)
+    _WORKER.update(plan=plan, cache=Cache(cache_root), processor=Processor(plan, plan.components(), device))
+
+
+def _work(sample: Sample, settings: PreprocessSettings) -> Outcome:
+    return process(sample, settings, _WORKER["processor"], _WORKER["cache"], _WORKER["plan"].hash)
+
+
+def format_report(report: Report, cache_dir: Path) -> str:
+    """The end-of-run summary table."""
+    lines = [
+        f"cache      {cache_dir}",
+        f"cached     {report.cached_now} now, {report.already_cached} earlier, {report.total_cached} in total",
+    ]
+    reasons = Counter(r["reason"].split(":")[0] for r in report.rejected)
+    lines.append(f"rejected   {len(report.rejected)}" + (" (see rejected.jsonl)" if report.rejected else ""))
+    lines += [f"  {count:>5}  {reason}" for reason, count in reasons.most_common()]
+    lines.append("buckets    (W x H x frames: samples)")
+    lines += [f"  {bucket:<16} {count}" for bucket, count in report.buckets.items()]
+    if report.repeated_clips:
+        lines.append(
+            f"note       {report.repeated_clips} clip(s) repeat some source frames (source fps below the target); "
+            "see `repeated` in manifest.jsonl, or pass --low-fps skip"
+        )
+    if report.padded_clips:
+        lines.append(
+            f"note       {report.padded_clips} clip(s) padded by repeating the last frame (--frames-policy pad)"
+        )
+    lines.append(f"seconds    {report.seconds:.1f}")
+    return "\n".join(lines)

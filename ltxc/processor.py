@@ -1,0 +1,108 @@
+"""The processor: frames + caption -> normalised latents + text conditioning (one cache record).
+
+Built from a plan and its components; it touches only the VAE, the tokenizer and the text encoder, so the
+transformer is never loaded for preprocessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltxc.components import Components
+from ltxc.plan import Plan
+
+
+class Processor:
+    """Encodes pixels and captions exactly as the spec says (VAE mode/sample, normaliser, text settings)."""
+
+    def __init__(self, plan: Plan, components: Components, device: str | torch.device = "cpu") -> None:
+        self.plan = plan
+        self.spec = plan.spec
+        self.device = torch.device(device)
+        self.components = components
+        self._vae: Any = None
+        self._text: tuple[Any, Any] | None = None
+        self._normaliser: Any = None
+
+    # -- video -------------------------------------------------------------------------------------
+    @property
+    def vae(self) -> Any:
+        """The VAE, on the processor's device (built on first use)."""
+        if self._vae is None:
+            self._vae = self.components[self.spec.latent.vae].to(self.device)
+        return self._vae
+
+    def enable_tiling(self) -> bool:
+        """Turn on the VAE's tiled encode if it has one; return whether it did."""
+        if hasattr(self.vae, "enable_tiling"):
+            self.vae.enable_tiling()
+            return True
+        return False
+
+    def pixels_to_tensor(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [F, H, W, 3] -> [1, 3, F, H, W] in [-1, 1], the VAE's dtype and device."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        x = x.permute(3, 0, 1, 2).unsqueeze(0).to(torch.float32) / 127.5 - 1.0
+        return x.to(self.vae.dtype)
+
+    @torch.no_grad()
+    def encode_video(self, frames: np.ndarray, seed: int = 0) -> torch.Tensor:
+        """uint8 frames [F, H, W, 3] -> normalised float32 latents [C, F', H', W']."""
+        self.plan.geometry.check(frames.shape[0], frames.shape[1], frames.shape[2])
+        posterior = self.vae.encode(self.pixels_to_tensor(frames)).latent_dist
+        if self.spec.latent.encode == "mode":
+            latents = posterior.mode()
+        else:  # seeded per sample, so the cache does not depend on worker count or order
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            latents = posterior.sample(generator=generator)
+        return self.normaliser.normalise(latents.to(torch.float32))[0].cpu()
+
+    @property
+    def normaliser(self) -> Any:
+        """The spec's latent normaliser (reads VAE statistics on first use)."""
+        if self._normaliser is None:
+            self._normaliser = self.plan.normaliser(self.components)
+        return self._normaliser
+
+    # -- text --------------------------------------------------------------------------------------
+    def _text_modules(self) -> tuple[Any, Any]:
+        if self._text is None:
+            text = self.spec.text
+            tokenizer = self.components[text.tokenizer]
+            tokenizer.padding_side = text.padding_side
+            encoder = self.components[text.encoder].to(self.device)
+            self._text = (tokenizer, encoder)
+        return self._text
+
+    @torch.no_grad()
+    def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (embeddings [B, L, D...], bool mask [B, L]) as the spec's [text] section says."""
+        text = self.spec.text
+        tokenizer, encoder = self._text_modules()
+        tokens = tokenizer(
+            list(captions),
+            padding="max_length",
+            max_length=text.max_length,
+            truncation=True,
+            add_special_tokens=text.add_special_tokens,
+            return_tensors="pt",
+        )
+        ids = tokens.input_ids.to(self.device)
+        mask = tokens.attention_mask.to(self.device)
+        stack_all = text.hidden_states == "stack_all"
+        output = encoder(
+            ids, attention_mask=mask if text.encoder_mask else None, output_hidden_states=stack_all or None
+        )
+        embeds = torch.stack(output.hidden_states, dim=-1) if stack_all else output[0]
+        return embeds.cpu(), mask.bool().cpu()
+
+    def null_conditioning(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What "no text" is for CFG dropout: the encoded empty prompt, or zeros with an all-false mask."""
+        embeds, mask = self.encode_text([""])
+        if self.spec.text.null_conditioning == "zeros":
+            return torch.zeros_like(embeds), torch.zeros_like(mask)
+        return embeds, mask
