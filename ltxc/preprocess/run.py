@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -177,7 +178,8 @@ def format_report(report: Report, cache_dir: Path) -> str:
         f"cache      {cache_dir}",
         f"cached     {report.cached_now} now, {report.already_cached} earlier, {report.total_cached} in total",
     ]
-    reasons = Counter(r["reason"].split(":")[0] for r in report.rejected)
+    # group "too short: 5 frame(s) ..." and "file not found (metadata.jsonl line 4)" by their leading words
+    reasons = Counter(re.split(r"[:(]", r["reason"])[0].strip() for r in report.rejected)
     lines.append(f"rejected   {len(report.rejected)}" + (" (see rejected.jsonl)" if report.rejected else ""))
     lines += [f"  {count:>5}  {reason}" for reason, count in reasons.most_common()]
     lines.append("buckets    (W x H x frames: samples)")

@@ -1,0 +1,1 @@
+"""Data: dataset discovery, resolution and frame buckets, the latent cache, batch sampling."""
