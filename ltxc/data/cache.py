@@ -45,7 +45,10 @@ class CacheMismatch(UserError):
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
     """Write a safetensors file atomically."""
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=dict(metadata or {})))
+    # One metadata key holding sorted JSON: safetensors stores metadata in a hash map whose order changes from
+    # process to process, and a cache must be byte-identical whoever wrote it.
+    header = {"ltxc": json.dumps(dict(metadata), sort_keys=True)} if metadata else None
+    atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=header))
 
 
 class Cache:

@@ -13,7 +13,7 @@ from ltxc.data.cache import Cache
 from ltxc.data.discover import Sample
 from ltxc.media.decode import read_frames
 from ltxc.media.errors import MediaError
-from ltxc.media.frames import FrameSelection, available_frames, pad_selection, select_frames
+from ltxc.media.frames import FrameSelection, pad_selection
 from ltxc.media.probe import MediaInfo, probe
 from ltxc.preprocess.settings import PreprocessSettings
 from ltxc.processor import Processor
@@ -43,8 +43,8 @@ def plan_frames(info: MediaInfo, settings: PreprocessSettings, frame_rule_minimu
     if info.kind == "image":
         if frame_rule_minimum > 1:
             raise Rejection(f"an image is 1 frame but the model needs at least {frame_rule_minimum}")
-        return select_frames(info.frame_times, fps=settings.fps, start=0.0, count=1)
-    available = available_frames(info.frame_times, info.end_time, fps=settings.fps, start=settings.start)
+        return info.select_frames(settings.fps, 1)
+    available = info.available_frames(settings.fps, settings.start)
     count = pick_frames(min(available, settings.max_frames), settings.frame_buckets)
     shortest = settings.frame_buckets[0]
     if count is None:
@@ -53,9 +53,8 @@ def plan_frames(info: MediaInfo, settings: PreprocessSettings, frame_rule_minimu
                 f"too short: {available} frame(s) at {settings.fps:g} fps from t={settings.start:g}s, "
                 f"need at least {shortest} (or pass --frames-policy pad)"
             )
-        taken = select_frames(info.frame_times, fps=settings.fps, start=settings.start, count=available)
-        return pad_selection(taken, shortest)
-    selection = select_frames(info.frame_times, fps=settings.fps, start=settings.start, count=count)
+        return pad_selection(info.select_frames(settings.fps, available, settings.start), shortest)
+    selection = info.select_frames(settings.fps, count, settings.start)
     if selection.repeated and settings.low_fps == "skip":
         raise Rejection(
             f"source is {info.avg_fps:.3g} fps, below the target {settings.fps:g}: {selection.repeated} of {count} "
@@ -105,7 +104,7 @@ def _process(
         "source_frames": list(selection.indices),
         "source_times": [_round(t) for t in selection.source_times],
         "repeated": selection.repeated,
-        "padded": getattr(selection, "padded", 0),
+        "padded": selection.padded,
         "pixel_shape": [count, height, width],
         "latent_shape": list(latents.shape),
         "bucket": f"{width}x{height}x{count}",

@@ -140,17 +140,21 @@ def _outcomes(
     if not samples:
         return
     if workers <= 1:
-        processor = Processor(plan, plan.components(), device)
-        for sample in samples:
-            yield process(sample, settings, processor, cache, plan.hash)
+        previous = torch.get_num_threads()
+        _deterministic_kernels()
+        try:
+            processor = Processor(plan, plan.components(), device)
+            for sample in samples:
+                yield process(sample, settings, processor, cache, plan.hash)
+        finally:
+            torch.set_num_threads(previous)
         return
     # spawn, never fork: CUDA cannot be forked, and each worker holds its own model copy
-    threads = max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(
         max_workers=workers,
         mp_context=get_context("spawn"),
         initializer=_init_worker,
-        initargs=(plan.to_json(), str(cache.root), device, threads),
+        initargs=(plan.to_json(), str(cache.root), device),
     ) as pool:
         futures = [pool.submit(_work, sample, settings) for sample in samples]
         for future in as_completed(futures):
@@ -160,16 +164,28 @@ def _outcomes(
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(plan_json: dict[str, Any], cache_root: str, device: str, threads: int) -> None:
+def _deterministic_kernels() -> None:
+    """Make encoding independent of how the work is split: one intra-op CPU thread per process (a CPU
+    reduction's result depends on its thread count) and deterministic cuDNN algorithms. Parallelism comes
+    from --workers and torchrun ranks instead."""
+    torch.set_num_threads(1)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _init_worker(plan_json: dict[str, Any], cache_root: str, device: str) -> None:
     from ltxc.compiler import plan_from_json
 
-    torch.set_num_threads(threads)
+    _deterministic_kernels()
     plan = plan_from_json(plan_json)
     _WORKER.update(plan=plan, cache=Cache(cache_root), processor=Processor(plan, plan.components(), device))
 
 
 def _work(sample: Sample, settings: PreprocessSettings) -> Outcome:
     return process(sample, settings, _WORKER["processor"], _WORKER["cache"], _WORKER["plan"].hash)
+
+
+_LINE_REF = re.compile(r"\s*\([^)]*\bline\b[^)]*\)")
 
 
 def format_report(report: Report, cache_dir: Path) -> str:
@@ -179,7 +195,7 @@ def format_report(report: Report, cache_dir: Path) -> str:
         f"cached     {report.cached_now} now, {report.already_cached} earlier, {report.total_cached} in total",
     ]
     # group "too short: 5 frame(s) ..." and "file not found (metadata.jsonl line 4)" by their leading words
-    reasons = Counter(re.split(r"[:(]", r["reason"])[0].strip() for r in report.rejected)
+    reasons = Counter(_LINE_REF.sub("", r["reason"]).split(":")[0].strip() for r in report.rejected)
     lines.append(f"rejected   {len(report.rejected)}" + (" (see rejected.jsonl)" if report.rejected else ""))
     lines += [f"  {count:>5}  {reason}" for reason, count in reasons.most_common()]
     lines.append("buckets    (W x H x frames: samples)")

@@ -74,6 +74,11 @@ def build_settings(
     if start < 0:
         raise UserError(f"--start must be >= 0 seconds, got {start:g}")
     max_frames = max_frames if max_frames is not None else (sampler.frames or geometry.frame_rule.valid_counts(129)[-1])
+    if frame_counts is None:
+        # A clip cut down to a single frame is an image in disguise: by default videos keep some motion,
+        # so a clip shorter than the second-smallest valid count is "too short" (images stay 1 frame).
+        moving = [count for count in geometry.frame_rule.valid_counts(max_frames) if count > 1]
+        frame_counts = moving or None
     buckets = frame_buckets(geometry, max_frames, frame_counts)
     if resolution is not None:
         resolutions = [parse_resolution(resolution, geometry)]
