@@ -1,0 +1,82 @@
+"""The training data loader: bucketed batches from the cache through torchdata's `StatefulDataLoader`.
+
+Two ways to resume, both landing on the exact next batch:
+- `loader.state_dict()` / `loader.load_state_dict(...)`: torchdata's own state. It accounts for batches
+  that workers prefetched but the loop never consumed, but only loads into a loader with the same
+  `num_workers` (torchdata asserts it).
+- `sampler_state(loader.state_dict())` → a few ints; `restore_sampler(loader, ints)` on a fresh loader.
+  The same position, portable across worker counts and world sizes (what a checkpoint should keep).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from ltxc.data.dataset import CacheDataset, collate
+from ltxc.data.sampler import BucketBatchSampler
+
+PREFETCH_FACTOR = 2  # batches in flight per worker: enough to hide file reads, little memory
+
+# Keys of torchdata 0.11's loader state (stateful_dataloader.py), read by `sampler_state`.
+_SNAPSHOT, _MAIN, _STEPS_SINCE = "_snapshot", "_main_snapshot", "_steps_since_snapshot"
+_SAMPLER = "_index_sampler_state"
+
+
+def make_loader(
+    dataset: CacheDataset,
+    batch_size: int,
+    *,
+    rank: int,
+    world_size: int,
+    seed: int,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> StatefulDataLoader:
+    """A stateful loader of one-bucket batches for this rank; infinite, so draw from one `iter()` only."""
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, not {workers}")
+    sampler = BucketBatchSampler(dataset.buckets(), batch_size, rank=rank, world_size=world_size, seed=seed)
+    with warnings.catch_warnings():
+        # torchdata 0.11 calls torch.set_vital, which newer torch deprecates; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*set_vital.*", category=UserWarning)
+        return StatefulDataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=workers,
+            # Pinning needs a CUDA device; on a CPU machine it would fail or only cost time.
+            pin_memory=pin_memory and torch.cuda.is_available(),
+            # The sampler never ends, so there is only ever one iterator: workers kept alive between
+            # iterators would buy nothing.
+            persistent_workers=False,
+            prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
+            # A snapshot at every batch: state_dict() then never has to replay batches on resume.
+            snapshot_every_n_steps=1,
+            in_order=True,  # torchdata gives no resume guarantee out of order
+        )
+
+
+def sampler_state(loader_state: Mapping[str, Any]) -> dict[str, int]:
+    """The batch sampler's position at the last batch the loader yielded, from `loader.state_dict()`."""
+    if _SNAPSHOT in loader_state:  # num_workers > 0
+        if loader_state.get(_STEPS_SINCE, 0):
+            raise ValueError("loader state is not at a snapshot; build the loader with snapshot_every_n_steps=1")
+        state = loader_state[_SNAPSHOT][_MAIN][_SAMPLER]
+    else:
+        state = loader_state.get(_SAMPLER)
+    if not isinstance(state, Mapping):
+        raise ValueError("this loader state holds no batch sampler state (was it made by make_loader?)")
+    return {key: int(value) for key, value in state.items()}
+
+
+def restore_sampler(loader: StatefulDataLoader, state: Mapping[str, Any]) -> None:
+    """Make a fresh loader (no iterator started yet) continue from a `sampler_state` position."""
+    sampler = loader.batch_sampler
+    if not isinstance(sampler, BucketBatchSampler):
+        raise TypeError("restore_sampler needs a loader made by make_loader")
+    sampler.load_state_dict(state)
