@@ -1,0 +1,1 @@
+"""The generic runner: trains any plan with FSDP2 under torchrun (or one process)."""

@@ -1,0 +1,199 @@
+"""Exports: a LoRA for diffusers and for ComfyUI, a fully fine-tuned transformer as a diffusers directory.
+
+diffusers: `Pipeline.save_lora_weights` with the adapter config as metadata, so `load_lora_weights` rebuilds
+the same rank and alpha (without it diffusers assumes alpha = rank, and any other alpha loads wrongly scaled).
+
+ComfyUI: the "generic" format its LoRA loader accepts for any diffusion model (comfy/lora.py,
+`model_lora_keys_unet` maps "diffusion_model.<module>" to the model's weight; comfy/weight_adapter/lora.py
+reads "<key>.lora_B.weight" / "<key>.lora_A.weight" and "<key>.alpha", and scales B·A by alpha / rank).
+The module names are the diffusers model's own; with a 0-d alpha per module the scale is exact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from safetensors.torch import save_file
+
+from ltxc.components import DTYPES, resolve_class
+from ltxc.fileio import atomic_write, atomic_write_json
+from ltxc.plan import Plan
+from ltxc.runner.lora import lora_scale, lora_state_dict
+
+DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"  # the name `load_lora_weights(dir)` looks for first
+COMFYUI_LORA = "comfyui_lora.safetensors"
+COMFYUI_PREFIX = "diffusion_model."
+WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' names, so `from_pretrained(dir)` finds them
+WEIGHTS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
+_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+
+
+def export_lora(
+    lora_state: Mapping[str, torch.Tensor],
+    out_dir: Path,
+    *,
+    pipeline_reference: str,
+    config: LoraConfig,
+    diffusers_format: bool = True,
+    comfyui: bool = True,
+) -> dict[str, Path]:
+    """Write the LoRA in the formats asked for; return {"diffusers": path, "comfyui": path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().to("cpu").contiguous() for key, value in lora_state.items()}
+    if not state:
+        raise ValueError("no LoRA weights to export (did the targets match no module?)")
+    written: dict[str, Path] = {}
+    if diffusers_format:
+        pipeline = resolve_class(pipeline_reference)
+        if not hasattr(pipeline, "save_lora_weights"):
+            raise ValueError(f"{pipeline_reference} cannot save LoRA weights (it has no save_lora_weights)")
+        metadata = config.to_dict()
+        # the exact modules this state holds: loaders build the same adapter, exclusion rules no longer needed
+        metadata["target_modules"] = sorted({key.rsplit(".lora_", 1)[0] for key in state})
+        metadata["exclude_modules"] = None
+        # diffusers writes straight into the directory: write into a temp one, then move the file in whole
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".lora-") as tmp:
+            pipeline.save_lora_weights(tmp, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata)
+            os.replace(Path(tmp) / DIFFUSERS_LORA, out_dir / DIFFUSERS_LORA)
+        written["diffusers"] = out_dir / DIFFUSERS_LORA
+    if comfyui:
+        comfy = to_comfyui(state, config)
+        rank = int(next(v for k, v in state.items() if k.endswith(".lora_A.weight")).shape[0])
+        info = {"format": "pt", "ss_network_dim": str(rank), "ss_network_alpha": str(config.lora_alpha)}
+        written["comfyui"] = atomic_write(out_dir / COMFYUI_LORA, lambda tmp: save_file(comfy, tmp, metadata=info))
+    return written
+
+
+def to_comfyui(lora_state: Mapping[str, torch.Tensor], config: LoraConfig) -> dict[str, torch.Tensor]:
+    """peft's LoRA state (`<module>.lora_A.weight`, ...) in ComfyUI's keys, with a 0-d alpha per module."""
+    if config.use_dora:
+        raise ValueError("DoRA adapters have no ComfyUI export here; train a plain LoRA")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in lora_state.items():
+        if not key.endswith(_LORA_SUFFIXES):
+            raise ValueError(f"{key}: only lora_A/lora_B weights have a ComfyUI form (no LoRA biases or extras)")
+        out[COMFYUI_PREFIX + key] = value.contiguous()
+        if key.endswith(".lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            rank = value.shape[0]
+            # ComfyUI scales by alpha / rank, so this alpha reproduces peft's scale (also under rsLoRA)
+            out[f"{COMFYUI_PREFIX}{module}.alpha"] = torch.tensor(lora_scale(config, rank) * rank, dtype=torch.float32)
+    return out
+
+
+def from_comfyui(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """The inverse of `to_comfyui`: peft-named LoRA weights, and each module's alpha."""
+    weights: dict[str, torch.Tensor] = {}
+    alphas: dict[str, float] = {}
+    for key, value in state.items():
+        if not key.startswith(COMFYUI_PREFIX):
+            raise ValueError(f"{key}: not a ComfyUI diffusion-model LoRA key (expected {COMFYUI_PREFIX}...)")
+        name = key.removeprefix(COMFYUI_PREFIX)
+        if name.endswith(".alpha"):
+            alphas[name.removesuffix(".alpha")] = float(value.item())
+        elif name.endswith(_LORA_SUFFIXES):
+            weights[name] = value
+        else:
+            raise ValueError(f"{key}: unexpected key in a LoRA file")
+    return weights, alphas
+
+
+def export_full(
+    transformer: torch.nn.Module,
+    out_dir: Path,
+    *,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
+    max_shard_size: int | str = "10GB",
+) -> Path:
+    """Write a diffusers model directory (config.json + safetensors) that `Class.from_pretrained` loads.
+
+    `state_dict` replaces the module's own (pass the gathered full weights of a sharded model);
+    `dtype` casts floating weights (e.g. back to the spec's bf16 after fp32 master weights).
+    """
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    out_dir = Path(out_dir)
+    state = dict(state_dict if state_dict is not None else transformer.state_dict())
+    if any(".lora_" in key or ".base_layer." in key for key in state):
+        raise ValueError("the transformer carries a LoRA adapter: export the LoRA, or fuse it first")
+    for key, value in state.items():
+        value = value.detach()
+        if hasattr(value, "full_tensor"):  # a DTensor: callers should gather first, but don't write shards
+            value = value.full_tensor()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        state[key] = value.to("cpu").contiguous()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        transformer.save_config(tmp)  # the same config.json diffusers' save_pretrained writes
+        pattern = WEIGHTS.replace(".safetensors", "{suffix}.safetensors")
+        split = split_torch_state_dict_into_shards(state, filename_pattern=pattern, max_shard_size=max_shard_size)
+        for filename, names in split.filename_to_tensors.items():
+            save_file({name: state[name] for name in names}, tmp / filename, metadata={"format": "pt"})
+        if split.is_sharded:
+            index = {"metadata": dict(split.metadata), "weight_map": split.tensor_to_filename}
+            atomic_write_json(tmp / WEIGHTS_INDEX, index)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)  # readers see the old directory or the whole new one
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def export_trained(
+    plan: Plan, model: torch.nn.Module, config: LoraConfig | None, settings: Any, info: Any
+) -> dict[str, str]:
+    """The end-of-run exports under `<run_dir>/export`; every rank calls it (gathering is collective).
+
+    `settings` needs run_dir and the export_lora_diffusers / export_lora_comfyui / export_full switches;
+    `info` needs is_main. `config` is the LoRA config, or None for a full fine-tune.
+    """
+    out = Path(settings.run_dir) / "export"
+    written: dict[str, Path] = {}
+    if config is not None:
+        state = lora_state_dict(model)
+        want_diffusers = bool(settings.export_lora_diffusers)
+        reference = plan.spec.model.reference
+        if want_diffusers and reference is None and info.is_main:
+            print("no model.reference in the spec: skipping the diffusers LoRA export", file=sys.stderr)
+        if info.is_main and (settings.export_lora_diffusers or settings.export_lora_comfyui):
+            paths = export_lora(
+                state,
+                out / "lora",
+                pipeline_reference=reference or "",
+                config=config,
+                diffusers_format=want_diffusers and reference is not None,
+                comfyui=bool(settings.export_lora_comfyui),
+            )
+            written.update({f"lora_{kind}": path for kind, path in paths.items()})
+    elif settings.export_full:
+        state = _full_state_dict(model)
+        if info.is_main:
+            role = plan.spec.transformer.component
+            dtype = DTYPES[plan.recipes[role].dtype]
+            written["transformer"] = export_full(model, out / "transformer", state_dict=state, dtype=dtype)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # nobody leaves before the files exist
+    return {kind: str(path) for kind, path in written.items()}
+
+
+def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Whole, unsharded weights on rank 0's CPU (an empty dict elsewhere)."""
+    if not torch.distributed.is_initialized():
+        return dict(model.state_dict())
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
