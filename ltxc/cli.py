@@ -41,7 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a plan: preprocess (train and generate arrive in later issues)")
     run_commands = run.add_subparsers(dest="run_command", required=True, metavar="JOB")
     _add_preprocess(run_commands)
+    _add_train(run_commands)
     return parser
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "train",
+        help="train (LoRA or full) from a cache; with no arguments, the embedded tiny default",
+        description="Train a plan on a latent cache with FSDP2 (torchrun for several processes). With no "
+        "--config: the embedded default (tiny model, synthetic sample set, preprocessed first if needed).",
+    )
+    p.add_argument("--config", type=Path, help="a run config TOML (see specs/runs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run-config key")
+    p.add_argument("--plan", type=Path, help="plan.json (default: run.plan, .ltxc/plan.json, the embedded default)")
+    p.add_argument("--resume", help="'auto' (default), 'never', a checkpoint directory or a run directory")
+    p.add_argument("--device", help="cpu or cuda (default: cuda:LOCAL_RANK if available)")
+    p.add_argument("--stop-after", type=int, help="stop after this many steps of this invocation (checkpointed)")
 
 
 def _add_preprocess(commands: argparse._SubParsersAction) -> None:
@@ -158,6 +174,19 @@ def _preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from ltxc.train_command import run_train
+
+    return run_train(
+        config=args.config,
+        overrides=args.set,
+        plan_path=args.plan,
+        resume=args.resume,
+        device=args.device,
+        stop_after=args.stop_after,
+    )
+
+
 def _compile(args: argparse.Namespace) -> int:
     from ltxc.spec import load_spec
 
@@ -180,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return {"preprocess": _preprocess}[args.run_command](args)
+            return {"preprocess": _preprocess, "train": _train}[args.run_command](args)
         return {"compile": _compile}[args.command](args)
     except UserError as exc:
         print(str(exc), file=sys.stderr)

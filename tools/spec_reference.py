@@ -1,14 +1,19 @@
-"""Print the spec reference (every key of schemas/spec.schema.json with its description) as Markdown.
+"""Print a schema reference (every key with its description, and its default where the schema gives one) as Markdown.
 
-Run: python tools/spec_reference.py > spec-reference.md
+Run: python tools/spec_reference.py > docs/spec-reference.md
+     python tools/spec_reference.py run.schema.json > docs/run-reference.md
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 from ltxc.spec.load import load_schema
+
+TITLES = {"spec.schema.json": "Spec reference", "run.schema.json": "Run config reference"}
 
 
 def _resolve(node: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -35,20 +40,24 @@ def rows(node: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> Iter
     for key, sub in _properties(node, schema).items():
         sub = _resolve(sub, schema)
         path = f"{prefix}{key}"
-        yield path, sub.get("description", "")
+        description = sub.get("description", "")
+        if "default" in sub:  # JSON spells defaults as TOML does (true, "auto", [0.9, 0.999])
+            description += f" Default: `{json.dumps(sub['default'])}`."
+        yield path, description
         yield from rows(sub, schema, path + ".")
     extra = node.get("additionalProperties")
     if isinstance(extra, dict) and extra.get("$ref"):
         yield from rows(extra, schema, prefix + "<name>.")
 
 
-def main() -> None:
-    """Print the reference table."""
-    schema = load_schema("spec.schema.json")
-    print("# Spec reference\n\nGenerated from `schemas/spec.schema.json`.\n\n| key | description |\n|---|---|")
+def main(argv: list[str]) -> None:
+    """Print the reference table of the schema named in `argv` (default spec.schema.json)."""
+    name = argv[0] if argv else "spec.schema.json"
+    schema = load_schema(name)
+    print(f"# {TITLES.get(name, name)}\n\nGenerated from `schemas/{name}`.\n\n| key | description |\n|---|---|")
     for path, description in rows(schema, schema):
         print(f"| `{path}` | {description.replace('|', '/')} |")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -64,7 +64,7 @@ def _barrier(world: int) -> None:
         return
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # a training run may have joined the group already (NCCL on GPUs)
         dist.init_process_group("gloo")
     dist.barrier()
 

@@ -24,7 +24,7 @@ class OptimSettings:
     min_lr_ratio: float = 0.0
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], settings: OptimSettings, device: torch.device):  # noqa: ANN201
+def make_optimizer(params: Iterable[torch.nn.Parameter], settings: OptimSettings, device: torch.device):
     """AdamW over the trainable parameters; fused kernels on GPU when asked for or "auto"."""
     params = [p for p in params if p.requires_grad]
     if not params:
@@ -54,6 +54,6 @@ def lr_factor(step: int, total: int, settings: OptimSettings) -> float:
     return floor + (1 - floor) * (1 - progress)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, settings: OptimSettings):  # noqa: ANN201
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, settings: OptimSettings):
     """A LambdaLR following `lr_factor`."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, settings))

@@ -163,6 +163,7 @@ def train(plan: Plan, settings: TrainSettings) -> TrainResult:
     restore_sampler(loader, _position(start * settings.grad_accum, sampler.batches_per_epoch))
 
     adapter = Adapter(plan)
+    global_batch = settings.batch_size * settings.grad_accum * info.world_size
     logger = MetricsLogger(settings.run_dir, jsonl=settings.jsonl, tensorboard=settings.tensorboard,
                            enabled=info.is_main)  # fmt: skip
     losses: list[float] = []
@@ -188,7 +189,8 @@ def train(plan: Plan, settings: TrainSettings) -> TrainResult:
             # per-sample randomness keyed by (seed, step, micro, global position): identical however the
             # global batch is split across ranks, and across a resume
             first = info.rank * b
-            gens = [torch.Generator().manual_seed(_sample_seed(settings.seed, step, micro, first + i)) for i in range(b)]
+            gens = [torch.Generator().manual_seed(_sample_seed(settings.seed, step, micro, first + i))
+                    for i in range(b)]  # fmt: skip
             sigma = torch.cat([sample_sigmas(plan.spec.flow, 1, tokens, g) for g in gens]).to(info.device)
             noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(info.device)
             drop = torch.tensor([torch.rand((), generator=g).item() < settings.cfg_dropout for g in gens])
@@ -203,7 +205,8 @@ def train(plan: Plan, settings: TrainSettings) -> TrainResult:
                 fps,
                 compute_dtype=None,
             )
-            loss, sample_losses = flow_loss(prediction, flow_target(x0, noise), loss_weights(plan.loss_weight, sigma, plan.constants))
+            weights = loss_weights(plan.loss_weight, sigma, plan.constants)
+            loss, sample_losses = flow_loss(prediction, flow_target(x0, noise), weights)
             (loss / settings.grad_accum).backward()  # each backward() sums grads, so normalise here
             step_loss += loss.detach() / settings.grad_accum
             sigmas.append(sigma.detach())
@@ -225,7 +228,7 @@ def train(plan: Plan, settings: TrainSettings) -> TrainResult:
                 "loss": global_loss,
                 "grad_norm": grad_norm,
                 "lr": scheduler.get_last_lr()[0],
-                "samples_per_s": settings.batch_size * settings.grad_accum * info.world_size * settings.log_every / max(elapsed, 1e-9),
+                "samples_per_s": global_batch * settings.log_every / max(elapsed, 1e-9),
                 "data_wait_fraction": wait / max(wait + compute, 1e-9),
                 "peak_memory_mb": peak_memory_mb(info.device),
                 **sigma_bucket_losses(torch.cat(sigmas).cpu(), torch.cat(per_sample).cpu()),
@@ -239,7 +242,9 @@ def train(plan: Plan, settings: TrainSettings) -> TrainResult:
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done != end:
             last_checkpoint = _save(settings, done, model, optimizer, scheduler, trainable_only, info, total)
     bar.close()
-    checkpoint = _save(settings, end, model, optimizer, scheduler, trainable_only, info, total) if end > start else last_checkpoint
+    checkpoint = last_checkpoint
+    if end > start:
+        checkpoint = _save(settings, end, model, optimizer, scheduler, trainable_only, info, total)
     exports: dict[str, str] = {}
     if end == total and end > start:
         exports = export_trained(plan, model, lora, settings, info)

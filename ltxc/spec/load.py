@@ -90,17 +90,20 @@ def load_document(
     structure: Callable[[dict[str, Any]], T],
     extends_key: KeyPath | None = None,
     overrides: dict[KeyPath, Any] | None = None,
+    replace_on_kind_change: bool = True,
 ) -> Loaded:
-    """Read a TOML document (following `extends`), validate it against a schema and structure it."""
+    """Read a TOML document (following `extends`), validate it against a schema and structure it.
+
+    `overrides` (`--set` items, in order) apply last; `replace_on_kind_change=False` merges tables with a
+    `kind` key like any other (for documents whose `kind` is a plain setting, not a tagged union).
+    """
     layers = _read_chain(Path(path), extends_key)
     data: dict[str, Any] = {}
     origins: dict[KeyPath, tuple[str, int]] = {}
     for file, layer, lines in layers:
         _record_origins(layer, (), file, lines, origins)
-        data = _deep_merge(data, layer)
-    for key, value in (overrides or {}).items():
-        _set_path(data, key, value)
-        origins[key] = ("--set", 0)
+        data = _deep_merge(data, layer, replace_on_kind_change)
+    apply_overrides(data, origins, overrides or {})
     locator = Locator(origins, layers[-1][0])
     _resolve_local_paths(data, locator)
     return validate_data(data, schema_name, structure, locator, tuple(file for file, _, _ in layers))
@@ -175,7 +178,7 @@ def _read_chain(path: Path, extends_key: KeyPath | None) -> list[tuple[str, dict
     return chain[::-1]
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: dict[str, Any], over: dict[str, Any], replace_on_kind_change: bool = True) -> dict[str, Any]:
     """Tables merge key by key; anything else: `over` wins.
 
     A tagged table (one with a `kind`) that changes its kind replaces the parent's table instead: a child
@@ -184,8 +187,12 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         old = out.get(key)
-        if isinstance(value, dict) and isinstance(old, dict) and value.get("kind", old.get("kind")) == old.get("kind"):
-            out[key] = _deep_merge(old, value)
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and (not replace_on_kind_change or value.get("kind", old.get("kind")) == old.get("kind"))
+        ):
+            out[key] = _deep_merge(old, value, replace_on_kind_change)
         else:
             out[key] = value
     return out
@@ -210,10 +217,22 @@ def _get_path(data: dict[str, Any], path: KeyPath) -> Any:
     return data
 
 
-def _set_path(data: dict[str, Any], path: KeyPath, value: Any) -> None:
-    for key in path[:-1]:
-        data = data.setdefault(key, {})
-    data[path[-1]] = value
+def apply_overrides(
+    data: dict[str, Any], origins: dict[KeyPath, tuple[str, int]], overrides: dict[KeyPath, Any]
+) -> None:
+    """Set each `--set` key path in `data`; its origin is `--set:N`, N counting the items from 1."""
+    for number, (key, value) in enumerate(overrides.items(), start=1):
+        table = data
+        for depth in range(1, len(key)):
+            if not isinstance(table.get(key[depth - 1]), dict):
+                # A table the item creates (or a scalar it turns into one, which the schema then reports).
+                table[key[depth - 1]] = {}
+                origins[key[:depth]] = ("--set", number)
+            table = table[key[depth - 1]]
+        table[key[-1]] = value
+        for path in [path for path in origins if path[: len(key)] == key]:
+            del origins[path]  # keys under a replaced table were written in a file, but are gone now
+        origins[key] = ("--set", number)
 
 
 def _resolve_local_paths(data: dict[str, Any], locator: Locator) -> None:
@@ -261,14 +280,21 @@ def _describe_one(error: jsonschema.ValidationError, path: list, locator: Locato
     if error.validator == "type":
         wanted = error.validator_value
         wanted = " or ".join(wanted) if isinstance(wanted, list) else wanted
-        return locator.problem(path, f"expected {wanted}, got {_toml_type(error.instance)} {error.instance!r}")
+        return locator.problem(
+            path, f"expected {wanted}, got {_toml_type(error.instance)} {_toml_repr(error.instance)}"
+        )
     if error.validator == "enum":
-        options = ", ".join(repr(v) for v in error.validator_value)
-        return locator.problem(path, f"{error.instance!r} is not one of {options}")
+        options = ", ".join(_toml_repr(v) for v in error.validator_value)
+        return locator.problem(path, f"{_toml_repr(error.instance)} is not one of {options}")
     if error.validator == "pattern":
         desc = error.schema.get("description", f"must match {error.validator_value}")
         return locator.problem(path, f"{error.instance!r} is not valid: {desc}")
     return locator.problem(path, error.message)
+
+
+def _toml_repr(value: Any) -> str:
+    # An enum may mix strings and booleans: show the booleans as TOML spells them.
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _toml_type(value: Any) -> str:
@@ -293,4 +319,14 @@ def structure_error(locator: Locator, path: KeyPath, message: str) -> SpecError:
     return SpecError([locator.problem(path, message)])
 
 
-__all__ = ["Loaded", "Locator", "Spec", "load_document", "load_schema", "load_spec", "schema_path", "validate_data"]
+__all__ = [
+    "Loaded",
+    "Locator",
+    "Spec",
+    "apply_overrides",
+    "load_document",
+    "load_schema",
+    "load_spec",
+    "schema_path",
+    "validate_data",
+]
