@@ -98,8 +98,13 @@ def preprocess(
     mine = [s for s in samples[rank::world] if s.id not in done]
     writer = f"rank{rank}"
     if rank == 0 and not (cache.root / "null.safetensors").exists():
-        processor = Processor(plan, plan.components(), device)
-        cache.write_null(*(t[0] for t in processor.null_conditioning()))
+        previous = torch.get_num_threads()
+        _deterministic_kernels()  # as every caption is encoded: the null must not depend on the thread count
+        try:
+            processor = Processor(plan, plan.components(), device)
+            cache.write_null(*(t[0] for t in processor.null_conditioning()))
+        finally:
+            torch.set_num_threads(previous)
 
     bar = tqdm(total=len(mine), unit="clip", desc="preprocess", disable=not progress or None, file=sys.stderr)
     cached_now = 0
@@ -123,7 +128,7 @@ def preprocess(
         manifest = cache.manifest()
     all_rejected = tuple(cache.rejected())
     return Report(
-        cached_now=cached_now,
+        cached_now=len(manifest) - len(done),  # every rank's new samples, not just this rank's
         already_cached=len(done),
         total_cached=len(manifest),
         rejected=all_rejected,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,7 @@ import attrs
 from attrs import frozen
 
 from ltxc.spec.errors import Problem, SpecError, dotted
-from ltxc.spec.load import Loaded, Locator, apply_overrides, load_document, validate_data
+from ltxc.spec.load import Loaded, load_document
 from ltxc.spec.locate import KeyPath
 from ltxc.spec.types import converter
 
@@ -32,8 +33,6 @@ SYNTHETIC_MEDIA = "builtin:synthetic"
 DEFAULT_NAME = "default"
 DEFAULT_STEPS = 200
 SET_ORIGIN = "--set"
-# Where an unwritten key "is" when there is no file (only cross-field errors can point there).
-DEFAULTS_ORIGIN = "<embedded default>"
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -162,11 +161,7 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> L
             message = "cannot be set with --set (parents are read before overrides apply); write it in the file"
             raise SpecError([Problem(SET_ORIGIN, number, "run.extends", message)])
     if path is None:
-        data: dict[str, Any] = {}
-        origins: dict[KeyPath, tuple[str, int]] = {}
-        apply_overrides(data, origins, parsed)
-        loaded = validate_data(data, SCHEMA, run_config_from_dict, Locator(origins, DEFAULTS_ORIGIN), ())
-        return _finish(loaded, DEFAULT_NAME)
+        path = embedded_default()
     loaded = load_document(
         path,
         SCHEMA,
@@ -177,6 +172,14 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> L
         replace_on_kind_change=False,
     )
     return _finish(loaded, _name_from_file(Path(path)))
+
+
+def embedded_default() -> Path:
+    """`specs/runs/default.toml`: what `ltxc run train` runs with no --config (shipped in the package)."""
+    packaged = resources.files("ltxc") / "specs" / "runs" / "default.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "specs" / "runs" / "default.toml"
 
 
 def parse_overrides(items: Sequence[str]) -> dict[KeyPath, Any]:
