@@ -74,6 +74,11 @@ class Adapter:
         return self.geometry.unpack(output, f, h, w).to(torch.float32)
 
 
+def dropout_decisions(generators: list[torch.Generator], probability: float) -> torch.Tensor:
+    """One independent coin per sample (bool [B]): True where the caption is dropped."""
+    return torch.tensor([torch.rand((), generator=g).item() < probability for g in generators], dtype=torch.bool)
+
+
 def cfg_dropout(
     text_embeds: torch.Tensor,
     text_mask: torch.Tensor,

@@ -6,6 +6,7 @@ import hashlib
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ import torch
 from attrs import field, frozen
 from tqdm import tqdm
 
-from ltxc.adapter import Adapter, cfg_dropout
+from ltxc.adapter import Adapter, cfg_dropout, dropout_decisions
 from ltxc.data.dataset import CacheDataset
 from ltxc.data.loader import make_loader, restore_sampler
 from ltxc.flow import flow_loss, flow_target, loss_weights, noisy_latents, sample_sigmas
@@ -94,7 +95,9 @@ def build_model(plan: Plan, settings: TrainSettings, info: Distributed) -> tuple
     """The trainable transformer: fp32 master weights, frozen parts frozen, LoRA added, sharded."""
     spec = plan.spec
     components = plan.components()
-    model = components[spec.transformer.component].to(torch.float32)
+    model = components[spec.transformer.component]
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model = model.to(torch.float32)  # master weights in fp32; FSDP's policy computes in bf16 on GPU
     model.requires_grad_(settings.mode == "full")
     config = None
     if settings.mode == "lora":
@@ -117,11 +120,31 @@ def build_model(plan: Plan, settings: TrainSettings, info: Distributed) -> tuple
         activation_checkpointing=ac,
     )
     model.train()
+    local, total = _parameter_bytes(model)
+    print(f"rank {info.rank}/{info.world_size}: holds {local / 2**20:.2f} MiB of {total / 2**20:.2f} MiB of "
+          f"transformer parameters", file=sys.stderr)  # fmt: skip
     return model, config
+
+
+def _parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
+    """(bytes of parameters this rank holds, bytes of the whole model) — sharding at a glance."""
+    local = total = 0
+    for param in model.parameters():
+        shard = param.to_local() if hasattr(param, "to_local") else param
+        local += shard.numel() * shard.element_size()
+        total += param.numel() * param.element_size()
+    return local, total
 
 
 def train(plan: Plan, settings: TrainSettings) -> TrainResult:
     """Train `plan` on the cache in `settings`; resumable; the same code for 1 CPU or N GPUs."""
+    with warnings.catch_warnings():
+        # FSDP2 warns that a root output is a view; the loop never modifies outputs in place.
+        warnings.filterwarnings("ignore", message=".*returned a view tensor.*", category=UserWarning)
+        return _train(plan, settings)
+
+
+def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
     began = time.monotonic()
     info = init_distributed(settings.device)
     dataset = CacheDataset(settings.cache)
@@ -193,7 +216,7 @@ def train(plan: Plan, settings: TrainSettings) -> TrainResult:
                     for i in range(b)]  # fmt: skip
             sigma = torch.cat([sample_sigmas(plan.spec.flow, 1, tokens, g) for g in gens]).to(info.device)
             noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(info.device)
-            drop = torch.tensor([torch.rand((), generator=g).item() < settings.cfg_dropout for g in gens])
+            drop = dropout_decisions(gens, settings.cfg_dropout)
             embeds, mask = cfg_dropout(batch["text_embeds"], batch["text_mask"], null["text_embeds"],
                                        null["text_mask"], drop)  # fmt: skip
             prediction = adapter.predict(
