@@ -38,10 +38,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="WxHxF",
         help="a pixel size to show shapes for (repeatable)",
     )
-    run = commands.add_parser("run", help="run a plan: preprocess (train and generate arrive in later issues)")
+    run = commands.add_parser("run", help="run a plan: preprocess, train, export")
     run_commands = run.add_subparsers(dest="run_command", required=True, metavar="JOB")
     _add_preprocess(run_commands)
     _add_train(run_commands)
+    export = run_commands.add_parser("export", help="export a run's checkpoint (LoRA: diffusers + ComfyUI; full)")
+    export.add_argument("--run", type=Path, required=True, help="the run's output directory (holds run.json)")
+    export.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the run's latest)")
+    export.add_argument("--out", type=Path, help="where to write (default: RUN/export-step-NNNNNNNN)")
+    export.add_argument("--device", help="cpu or cuda")
     return parser
 
 
@@ -187,6 +192,12 @@ def _train(args: argparse.Namespace) -> int:
     )
 
 
+def _export(args: argparse.Namespace) -> int:
+    from ltxc.train_command import run_export
+
+    return run_export(run_dir=args.run, checkpoint=args.checkpoint, out=args.out, device=args.device)
+
+
 def _compile(args: argparse.Namespace) -> int:
     from ltxc.spec import load_spec
 
@@ -209,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return {"preprocess": _preprocess, "train": _train}[args.run_command](args)
+            return {"preprocess": _preprocess, "train": _train, "export": _export}[args.run_command](args)
         return {"compile": _compile}[args.command](args)
     except UserError as exc:
         print(str(exc), file=sys.stderr)

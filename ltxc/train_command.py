@@ -6,6 +6,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
+
 from ltxc.defaults import resolve_plan
 from ltxc.fileio import atomic_write_json
 from ltxc.runner.optim import OptimSettings
@@ -144,3 +146,40 @@ def format_summary(result: TrainResult, settings: TrainSettings) -> str:
     if result.loss_curve:
         lines.append(f"loss curve {result.loss_curve}")
     return "\n".join(lines)
+
+
+def run_export(*, run_dir: Path, checkpoint: Path | None, out: Path | None, device: str | None) -> int:
+    """`ltxc run export`: write the exports of any checkpoint of a run, on demand."""
+    import json
+
+    from ltxc.compiler import plan_from_json
+    from ltxc.runner.checkpoint import latest_checkpoint, load_weights
+    from ltxc.runner.distributed import init_distributed, shutdown
+    from ltxc.runner.export import export_trained
+    from ltxc.runner.train import build_model
+    from ltxc.spec.run import run_config_from_dict
+
+    record_path = run_dir / "run.json"
+    if not record_path.exists():
+        raise UserError(f"{run_dir}: not an ltxc run directory (no run.json); pass the run's output directory")
+    record = json.loads(record_path.read_text())
+    plan = plan_from_json(record["plan"], str(record_path))
+    run_config = run_config_from_dict(record["config"])
+    settings = settings_from(run_config, (plan.spec.lora.rank, plan.spec.lora.alpha), resume=None, device=device,
+                             stop_after=None)  # fmt: skip
+    settings = attrs.evolve(settings, run_dir=run_dir)
+    source = checkpoint or latest_checkpoint(run_dir)
+    if source is None:
+        raise UserError(f"{run_dir}: no complete checkpoint to export")
+    info = init_distributed(device)
+    try:
+        model, lora = build_model(plan, settings, info)
+        meta = load_weights(source, model, trainable_only=settings.mode == "lora")
+        target = out or run_dir / f"export-step-{int(meta['step']):08d}"
+        exports = export_trained(plan, model, lora, settings, info, out=target)
+    finally:
+        shutdown()
+    if info.is_main:
+        for kind, path in exports.items():
+            print(f"export     {kind}: {path}")
+    return 0

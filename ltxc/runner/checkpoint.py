@@ -33,7 +33,9 @@ META = "meta.json"
 
 def _options(trainable_only: bool) -> StateDictOptions:
     # LoRA runs save only what trains: the frozen base is the spec's weights and is rebuilt from them.
-    return StateDictOptions(ignore_frozen_params=trainable_only)
+    # Loading such a state must then not demand the frozen keys (strict=False); every saved key is still
+    # one the model has, since the state was made by get_model_state_dict on the same model.
+    return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -110,3 +112,15 @@ def load_checkpoint(
     set_optimizer_state_dict(model, optimizer, state["optim"], options=options)
     scheduler.load_state_dict(meta["scheduler"])
     return meta
+
+
+def load_weights(path: Path, model: torch.nn.Module, *, trainable_only: bool) -> dict[str, Any]:
+    """Restore only the model weights of a checkpoint (for exports); return its metadata."""
+    meta_path = path / META
+    if not meta_path.exists():
+        raise UserError(f"{path}: not a complete ltxc checkpoint (no {META})")
+    options = _options(trainable_only)
+    state = {"model": get_model_state_dict(model, options=options)}
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(model, state["model"], options=options)
+    return json.loads(meta_path.read_text())

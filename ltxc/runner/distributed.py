@@ -10,6 +10,8 @@ import torch.distributed as dist
 from attrs import frozen
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+_SELF_MADE = False  # whether this process set up its own one-rank group environment
+
 
 @frozen
 class Distributed:
@@ -31,9 +33,13 @@ def init_distributed(device: str | None = None) -> Distributed:
 
     NCCL on GPU, gloo on CPU.
     """
-    if "RANK" not in os.environ:  # a plain `ltxc run train`: a group of one on a free local port
+    global _SELF_MADE
+    if "RANK" not in os.environ or (_SELF_MADE and not dist.is_initialized()):
+        # a plain `ltxc run train`: a group of one on a fresh free local port (each time: an earlier
+        # group's port may still be held by the OS)
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ["MASTER_PORT"] = str(_free_port())
+        _SELF_MADE = True
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"

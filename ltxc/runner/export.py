@@ -154,14 +154,14 @@ def export_full(
 
 
 def export_trained(
-    plan: Plan, model: torch.nn.Module, config: LoraConfig | None, settings: Any, info: Any
+    plan: Plan, model: torch.nn.Module, config: LoraConfig | None, settings: Any, info: Any, out: Path | None = None
 ) -> dict[str, str]:
     """The end-of-run exports under `<run_dir>/export`; every rank calls it (gathering is collective).
 
     `settings` needs run_dir and the export_lora_diffusers / export_lora_comfyui / export_full switches;
     `info` needs is_main. `config` is the LoRA config, or None for a full fine-tune.
     """
-    out = Path(settings.run_dir) / "export"
+    out = out or Path(settings.run_dir) / "export"
     written: dict[str, Path] = {}
     if config is not None:
         state = lora_state_dict(model)
