@@ -48,8 +48,9 @@ def main() -> None:
             data.mkdir()
             write_video(data / "clip.mp4", frames=round(seconds * args.fps), fps=args.fps, size=(width, height))
             (data / "clip.txt").write_text("a moving test pattern")
+            cache = root / f"cache-{seconds:g}s"
             command = [
-                sys.executable, "-m", "ltxc", "run", "preprocess", "--data", str(data), "--cache", str(root / f"cache-{seconds:g}s"),
+                sys.executable, "-m", "ltxc", "run", "preprocess", "--data", str(data), "--cache", str(cache),
                 "--resolution", args.resolution, "--max-frames", str(args.max_frames), "--fps", str(args.fps),
             ]  # fmt: skip
             rows.append((seconds, peak_rss_kib(command), (data / "clip.mp4").stat().st_size))
