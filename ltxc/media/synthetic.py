@@ -23,6 +23,8 @@ from av.audio.frame import AudioFrame
 from av.video.frame import VideoFrame
 from av.video.reformatter import ColorRange
 
+from ltxc.media.encode import MP4_FAMILY, MP4_OPTIONS, add_video_stream, frame_rate
+
 DIGITS = 15  # levels per quadrant that carry data; level 15 is the top-left marker
 MARKER = 15
 CAPACITY = DIGITS**3  # distinct frame indices a pattern can carry
@@ -101,13 +103,6 @@ def recover_index(frame: np.ndarray) -> int:
 # --- writers ----------------------------------------------------------------------------------------------
 
 _DEFAULT_CODEC = {".mkv": "ffv1", ".webm": "libvpx-vp9", ".avi": "mpeg4"}  # anything else: H.264
-_CODEC_OPTIONS = {
-    # veryfast keeps B-frames (packets arrive out of display order); one thread and no macroblock tree make
-    # the bytes the same on every run (with mbtree on, x264 here varies between runs even on one thread)
-    "libx264": {"preset": "veryfast", "crf": "16", "threads": "1", "x264-params": "mbtree=0"},
-    "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "16", "b": "0"},
-    "mpeg4": {"qscale": "2"},
-}
 _ALPHA_FORMATS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya8", "ya16")
 
 
@@ -137,14 +132,12 @@ def write_video(
         raise ValueError(f"times has {len(times)} entries for {frames} frames")
     shown = (height, width) if rotation in (90, 270) else (width, height)
     codec = codec or _DEFAULT_CODEC.get(path.suffix.lower(), "libx264")
-    rate = Fraction(fps).limit_denominator(1001)
+    rate = frame_rate(fps)
     # Some codecs need a time base that is the frame rate; explicit times need milliseconds.
     time_base = Fraction(1, 1000) if times is not None else 1 / rate
-    options = {"movflags": "faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+    options = MP4_OPTIONS if path.suffix.lower() in MP4_FAMILY else {}
     with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream(codec, rate=rate, options=_CODEC_OPTIONS.get(codec, {}))
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        stream.codec_context.time_base = time_base
+        stream = add_video_stream(container, codec, rate=rate, size=size, pix_fmt=pix_fmt, time_base=time_base)
         if pix_fmt.startswith(("gray", "yuvj")):
             # PyAV converts RGB to these at full range; say so in the file, or readers assume limited range
             stream.codec_context.color_range = ColorRange.JPEG

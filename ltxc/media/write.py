@@ -1,0 +1,220 @@
+"""Write generated frames to a file chosen by suffix (.mp4, .gif, .png, .safetensors), atomically; read them back.
+
+Accepted frames: a numpy array or torch tensor, 4-D, either channels last [F, H, W, 3] or channels first
+[F, 3, H, W] (what diffusers' output_type="pt" gives per video); a last axis of 3 wins when both could be.
+dtype uint8 (0-255) or floating in [0, 1] (a float within 1/255 outside is clipped; further out is an error,
+as it means [-1, 1] or unnormalised values). Floats become uint8 by rounding, so a float frame equal to
+uint8 / 255 writes the same bytes as the uint8 frame.
+
+- .mp4: H.264 yuv420p, BT.709 limited range (tagged in the file), fps kept exactly (frame_rate: 23.976 means
+  24000/1001). yuv420p halves chroma both ways, so width and height must be even: odd sizes are an error,
+  not padded, so a file always decodes to the size that was asked for.
+- .gif: one palette for the whole clip from FFmpeg's palettegen over every frame (so colours do not flicker
+  between frames), applied with paletteuse's default dithering. GIF stores frame delays in hundredths of a
+  second; the muxer spreads the rounding (24 fps gives 4, 4, 5, ... hundredths), so the clip keeps its length.
+  Players slow down frames under 20 ms, so keep GIFs at 50 fps or less.
+- .png: one frame is that frame, lossless; several are a contact sheet (`contact_sheet`).
+- .safetensors: the frames as float32 [F, H, W, 3] in [0, 1] under "frames", and "fps" (a ratio such as
+  24000/1001) in the metadata; exact, for comparing outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+from av.video.frame import VideoFrame
+from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from ltxc.fileio import atomic_write
+from ltxc.media.container import decoded_frames, open_input, video_stream
+from ltxc.media.encode import MP4_OPTIONS, add_video_stream, frame_rate
+
+if TYPE_CHECKING:
+    import torch
+
+SUFFIXES = (".mp4", ".gif", ".png", ".safetensors")
+SEPARATOR = 2  # pixels between contact-sheet cells
+SEPARATOR_LEVEL = 40  # dark gray: visible against both black and white frames
+_BT709 = 1  # AVCOL_SPC_BT709: the colour matrix tag in the H.264 stream
+
+
+def write_frames(frames: np.ndarray | torch.Tensor, path: str | Path, *, fps: float | Fraction) -> Path:
+    """Write `frames` to `path` in the format its suffix names (see the module docstring); returns the path."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"cannot write {path.name!r}: the suffix must be one of {', '.join(SUFFIXES)}")
+    rate = frame_rate(fps)
+    array = as_frames(frames)
+    if suffix == ".safetensors":
+        data = to_unit_float(array)
+        metadata = {"fps": str(rate)}
+        return atomic_write(path, lambda tmp: save_file({"frames": data}, tmp, metadata=metadata))
+    pixels = to_uint8(array)
+    if suffix == ".mp4":
+        height, width = pixels.shape[1:3]
+        if height % 2 or width % 2:
+            raise ValueError(
+                f"cannot write {path.name!r}: .mp4 (H.264 yuv420p) needs an even width and height, got "
+                f"{width}x{height}; crop the frames, or write .png, .gif or .safetensors"
+            )
+        return atomic_write(path, lambda tmp: _write_mp4(pixels, tmp, rate))
+    if suffix == ".gif":
+        return atomic_write(path, lambda tmp: _write_gif(pixels, tmp, rate))
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(_png_bytes(contact_sheet(pixels))))
+
+
+def contact_sheet(frames: np.ndarray | torch.Tensor, columns: int | None = None) -> np.ndarray:
+    """The frames tiled left to right, top to bottom, as one uint8 [H, W, 3] image with thin separators."""
+    pixels = to_uint8(as_frames(frames))
+    count, height, width = pixels.shape[:3]
+    if columns is None:
+        # About as many columns as make the sheet square: columns * width ~ rows * height.
+        columns = math.ceil(math.sqrt(count * height / width))
+    if columns < 1:
+        raise ValueError(f"columns must be at least 1, got {columns}")
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    sheet = np.full(
+        (rows * height + (rows - 1) * SEPARATOR, columns * width + (columns - 1) * SEPARATOR, 3),
+        SEPARATOR_LEVEL,
+        np.uint8,
+    )
+    for index, frame in enumerate(pixels):
+        top, left = (index // columns) * (height + SEPARATOR), (index % columns) * (width + SEPARATOR)
+        sheet[top : top + height, left : left + width] = frame
+    return sheet
+
+
+def read_frames_file(path: str | Path) -> tuple[np.ndarray, float]:
+    """(frames, fps) of a file: .safetensors exactly (float32 in [0, 1]); .mp4 / .gif / .png decoded to uint8.
+
+    A .png reads as one frame with fps 0.0 (a still has no rate); a .gif's fps comes from its delays, so it is
+    only as exact as hundredths of a second allow.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        with safe_open(str(path), framework="numpy") as handle:
+            return handle.get_tensor("frames"), float(Fraction(handle.metadata()["fps"]))
+    frames, durations = [], []
+    with open_input(str(path)) as container:
+        stream = video_stream(container)
+        for frame in decoded_frames(container, stream):
+            rgb = frame.reformat(format="rgb24", src_color_range=frame.color_range or None, dst_color_range="JPEG")
+            frames.append(rgb.to_ndarray())
+            durations.append((frame.duration or 0) * (frame.time_base or 0))
+        if path.suffix.lower() == ".png":
+            return np.stack(frames), 0.0
+        shown = sum(durations, Fraction(0))
+        fps = len(frames) / shown if all(durations) else stream.average_rate
+    return np.stack(frames), float(fps)
+
+
+def as_frames(frames: np.ndarray | torch.Tensor) -> np.ndarray:
+    """`frames` as a channels-last numpy array [F, H, W, 3], uint8 or float32 in [0, 1] (checked)."""
+    if not isinstance(frames, np.ndarray):  # a torch tensor, on any device, in any float dtype (bf16 included)
+        tensor = frames.detach().cpu()
+        frames = tensor.float().numpy() if tensor.dtype.is_floating_point else tensor.numpy()
+    shape = tuple(frames.shape)
+    if len(shape) != 4 or 3 not in (shape[-1], shape[1]) or 0 in shape:
+        raise ValueError(
+            f"frames must be [F, H, W, 3] or [F, 3, H, W] with no empty axis, got shape {list(shape)} "
+            "(one image: add a frame axis, e.g. image[None])"
+        )
+    if shape[-1] != 3:
+        frames = frames.transpose(0, 2, 3, 1)
+    if frames.dtype == np.uint8:
+        return np.ascontiguousarray(frames)
+    if not np.issubdtype(frames.dtype, np.floating):
+        raise ValueError(f"frames must be uint8 or floating in [0, 1], got dtype {frames.dtype}")
+    frames = np.ascontiguousarray(frames, dtype=np.float32)
+    low, high = float(frames.min()), float(frames.max())
+    if not (low >= -1 / 255 and high <= 1 + 1 / 255):  # also catches NaN
+        raise ValueError(
+            f"float frames must be in [0, 1], got values from {low:g} to {high:g} "
+            "(from [-1, 1], use (x + 1) / 2 and clamp)"
+        )
+    return np.clip(frames, 0.0, 1.0)
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Channels-last frames from `as_frames` as uint8, floats rounded to the nearest level."""
+    if frames.dtype == np.uint8:
+        return frames
+    return np.rint(frames * 255).astype(np.uint8)
+
+
+def to_unit_float(frames: np.ndarray) -> np.ndarray:
+    """Channels-last frames from `as_frames` as float32 in [0, 1]."""
+    if frames.dtype == np.uint8:
+        return frames.astype(np.float32) / np.float32(255)
+    return frames
+
+
+def _write_mp4(pixels: np.ndarray, path: str, rate: Fraction) -> None:
+    height, width = pixels.shape[1:3]
+    with av.open(path, "w", format="mp4", options=MP4_OPTIONS) as container:
+        stream = add_video_stream(container, "libx264", rate=rate, size=(width, height), pix_fmt="yuv420p")
+        # Convert with the BT.709 matrix ourselves and say so in the stream: untagged files are read as BT.601
+        # by some players and BT.709 by others, which shifts the colours.
+        context = stream.codec_context
+        context.colorspace, context.color_range = _BT709, ColorRange.MPEG
+        context.color_primaries, context.color_trc = ColorPrimaries.BT709, ColorTrc.BT709
+        for index, picture in enumerate(pixels):
+            frame = VideoFrame.from_ndarray(picture, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG"
+            )
+            frame.pts, frame.time_base = index, context.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _write_gif(pixels: np.ndarray, path: str, rate: Fraction) -> None:
+    height, width = pixels.shape[1:3]
+    with av.open(path, "w", format="gif") as container:
+        stream = add_video_stream(container, "gif", rate=rate, size=(width, height), pix_fmt="pal8")
+        for frame in _paletted(pixels, stream.codec_context.time_base):
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _paletted(pixels: np.ndarray, time_base: Fraction) -> list[VideoFrame]:
+    """The frames as pal8 with one palette for all: split -> palettegen (every frame) -> paletteuse."""
+    height, width = pixels.shape[1:3]
+    graph = av.filter.Graph()
+    source = graph.add_buffer(width=width, height=height, format="rgb24", time_base=time_base)
+    split, generate, use = graph.add("split"), graph.add("palettegen", stats_mode="full"), graph.add("paletteuse")
+    sink = graph.add("buffersink")
+    source.link_to(split)
+    split.link_to(use, 0, 0)
+    split.link_to(generate, 1, 0)
+    generate.link_to(use, 0, 1)  # the palette is made at the end of the input, so paletteuse waits for it
+    use.link_to(sink)
+    graph.configure()
+    for index, picture in enumerate(pixels):
+        frame = VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts, frame.time_base = index, time_base
+        source.push(frame)
+    source.push(None)
+    out = []
+    while True:
+        try:
+            out.append(sink.pull())
+        except av.error.EOFError:
+            return out
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    context = av.CodecContext.create("png", "w")
+    context.width, context.height, context.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+    context.time_base = Fraction(1, 1)
+    frame = VideoFrame.from_ndarray(image, format="rgb24")
+    frame.pts = 0
+    return b"".join(bytes(packet) for packet in [*context.encode(frame), *context.encode(None)])
