@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="WxHxF",
         help="a pixel size to show shapes for (repeatable)",
     )
+    _add_verify(commands)
     run = commands.add_parser("run", help="run a plan: preprocess, train, export")
     run_commands = run.add_subparsers(dest="run_command", required=True, metavar="JOB")
     _add_preprocess(run_commands)
@@ -198,6 +199,51 @@ def _export(args: argparse.Namespace) -> int:
     return run_export(run_dir=args.run, checkpoint=args.checkpoint, out=args.out, device=args.device)
 
 
+def _add_verify(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "verify",
+        help="prove a spec equal to its reference diffusers pipeline on the same weights and seed",
+        description="Build the spec's components and its [model] reference pipeline on the very same modules, "
+        "generate with both (same seed, prompt, size) and print the max |Δ| of the latents and frames; also "
+        "check packing and normalisation against the pipeline's own helpers. Exit 0 only within --tolerance.",
+    )
+    p.add_argument("spec", type=Path, help="a model spec (TOML), e.g. specs/tiny/ltx.toml")
+    p.add_argument("--frames", type=int, help="frame count (default: the spec's [sampler] frames)")
+    p.add_argument("--height", type=int, help="height in pixels (default: the spec's)")
+    p.add_argument("--width", type=int, help="width in pixels (default: the spec's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the spec's)")
+    p.add_argument("--guidance", type=float, help="CFG scale; 1 disables CFG (default: the spec's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for both runs (default 0)")
+    p.add_argument("--prompt", help="the prompt for both runs")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max |Δ| (default 1e-4)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ltxc.spec import load_spec
+
+    loaded = load_spec(args.spec)
+    import torch
+
+    from ltxc.compiler import compile_spec
+    from ltxc.verify import DEFAULT_PROMPT, verify
+
+    report = verify(
+        compile_spec(loaded),
+        prompt=args.prompt or DEFAULT_PROMPT,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        tolerance=args.tolerance,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    )
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def _compile(args: argparse.Namespace) -> int:
     from ltxc.spec import load_spec
 
@@ -221,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return {"preprocess": _preprocess, "train": _train, "export": _export}[args.run_command](args)
-        return {"compile": _compile}[args.command](args)
+        return {"compile": _compile, "verify": _verify}[args.command](args)
     except UserError as exc:
         print(str(exc), file=sys.stderr)
         return 2

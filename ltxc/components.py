@@ -176,6 +176,10 @@ class Components(Mapping[str, Any]):
             self._built[role] = self.recipes[role].build()
         return self._built[role]
 
+    def __contains__(self, role: object) -> bool:
+        # Mapping's default would build the component to answer; a membership test must never load weights
+        return role in self.recipes
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.recipes)
 

@@ -517,6 +517,12 @@ def test_schema_defaults_are_the_attrs_defaults(schema):
         "lora.alpha",
         "lora.targets",
         "export.full",
+        "validation.negative_prompt",
+        "validation.frames",
+        "validation.height",
+        "validation.width",
+        "validation.steps",
+        "validation.guidance",
     }
 
 

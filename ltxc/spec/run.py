@@ -137,6 +137,21 @@ class ExportSection:
 
 
 @frozen
+class ValidationSection:
+    """`[validation]`: videos sampled from the live model during training."""
+
+    prompts: tuple[str, ...] = ()
+    negative_prompt: str | None = None
+    every: int = 0
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+
+
+@frozen
 class RunConfig:
     """A whole run config. From `load_run_config`, derived defaults are filled: `run.name`, `run.output`,
     `data.cache` and `export.full` are set, and exactly one of `train.steps` / `train.epochs` is."""
@@ -151,6 +166,7 @@ class RunConfig:
     log: LogSection = LogSection()
     parallel: ParallelSection = ParallelSection()
     export: ExportSection = ExportSection()
+    validation: ValidationSection = ValidationSection()
 
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Loaded:
