@@ -39,10 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a pixel size to show shapes for (repeatable)",
     )
     _add_verify(commands)
-    run = commands.add_parser("run", help="run a plan: preprocess, train, export")
+    run = commands.add_parser("run", help="run a plan: preprocess, train, generate, export")
     run_commands = run.add_subparsers(dest="run_command", required=True, metavar="JOB")
     _add_preprocess(run_commands)
     _add_train(run_commands)
+    _add_generate(run_commands)
     export = run_commands.add_parser("export", help="export a run's checkpoint (LoRA: diffusers + ComfyUI; full)")
     export.add_argument("--run", type=Path, required=True, help="the run's output directory (holds run.json)")
     export.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: the run's latest)")
@@ -193,6 +194,55 @@ def _train(args: argparse.Namespace) -> int:
     )
 
 
+def _add_generate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("generate", help="sample videos from the spec's weights, a checkpoint or an export")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", type=Path, help="a text file with one prompt per line")
+    p.add_argument("--negative-prompt", help="negative prompt for CFG (default: the spec's)")
+    p.add_argument("--frames", type=int, help="frame count (default: the spec's; must obey the frame rule)")
+    p.add_argument("--height", type=int, help="height in pixels (default: the spec's)")
+    p.add_argument("--width", type=int, help="width in pixels (default: the spec's)")
+    p.add_argument("--fps", type=float, help="frame rate (default: the spec's)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the spec's)")
+    p.add_argument("--guidance", type=float, help="CFG scale (default: the spec's; 1 disables CFG)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (drawn as diffusers draws it)")
+    p.add_argument("--checkpoint", type=Path, help="a training checkpoint or an export directory (LoRA or full)")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="scale of a LoRA checkpoint or export")
+    p.add_argument("--output", type=Path, required=True, help="out.mp4 / .gif / .png (frame or contact sheet) / "
+                   ".safetensors (raw frames)")  # fmt: skip
+    p.add_argument("--plan", type=Path, help="plan.json (default: the checkpoint's run, .ltxc/plan.json, embedded)")
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--compare-cache", type=Path, help="print the latent distance to each cached sample (demo)")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ltxc.generate_command import run_generate
+
+    prompts = list(args.prompt)
+    if args.prompts is not None:
+        try:
+            prompts += [line.strip() for line in args.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"--prompts {args.prompts}: cannot read ({exc})") from None
+    return run_generate(
+        prompts=prompts,
+        negative_prompt=args.negative_prompt,
+        frames=args.frames,
+        height=args.height,
+        width=args.width,
+        fps=args.fps,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        lora_scale=args.lora_scale,
+        output=args.output,
+        plan_path=args.plan,
+        device=args.device,
+        compare_cache=args.compare_cache,
+    )
+
+
 def _export(args: argparse.Namespace) -> int:
     from ltxc.train_command import run_export
 
@@ -266,7 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            return {"preprocess": _preprocess, "train": _train, "export": _export}[args.run_command](args)
+            return {"preprocess": _preprocess, "train": _train, "export": _export, "generate": _generate}[
+                args.run_command
+            ](args)
         return {"compile": _compile, "verify": _verify}[args.command](args)
     except UserError as exc:
         print(str(exc), file=sys.stderr)

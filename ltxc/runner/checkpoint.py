@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,8 @@ def load_weights(path: Path, model: torch.nn.Module, *, trainable_only: bool) ->
         raise UserError(f"{path}: not a complete ltxc checkpoint (no {META})")
     options = _options(trainable_only)
     state = {"model": get_model_state_dict(model, options=options)}
-    dcp.load(state, checkpoint_id=str(path))
+    with warnings.catch_warnings():  # outside a process group DCP loads in this process, as wanted
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+        dcp.load(state, checkpoint_id=str(path))
     set_model_state_dict(model, state["model"], options=options)
     return json.loads(meta_path.read_text())
