@@ -103,7 +103,9 @@ def build_model(plan: Plan, settings: TrainSettings, info: Distributed) -> tuple
     if settings.mode == "lora":
         targets = settings.lora_targets or spec.lora.targets
         config = lora_config(targets, settings.lora_rank, settings.lora_alpha, exclude=spec.parallel.frozen)
-        add_lora(model, config)
+        with torch.random.fork_rng(devices=[]):  # the LoRA's random init comes from the run's seed alone
+            torch.manual_seed(_sample_seed(settings.seed, -1))
+            add_lora(model, config)
     for name, param in model.named_parameters():
         if any(part in name for part in spec.parallel.frozen):
             param.requires_grad_(False)  # e.g. branches the video-only objective never reaches
@@ -190,13 +192,14 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
     logger = MetricsLogger(settings.run_dir, jsonl=settings.jsonl, tensorboard=settings.tensorboard,
                            enabled=info.is_main)  # fmt: skip
     losses: list[float] = []
-    last_checkpoint = latest_checkpoint(settings.run_dir) if resume_from else None
+    last_checkpoint = resume_from  # the last good state, also when it lies in another run directory
     end = total if settings.stop_after is None else min(total, start + settings.stop_after)
     bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr,
                disable=not (settings.progress and info.is_main) or None)  # fmt: skip
     batches = iter(loader)
     wait = compute = 0.0
     step_began = time.monotonic()
+    logged = start  # the step of the last metrics record: samples/s covers the steps since
     for step in range(start, end):
         torch.manual_seed(_sample_seed(settings.seed, step, info.rank))  # any global-RNG use is reproducible too
         optimizer.zero_grad(set_to_none=True)
@@ -239,8 +242,11 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
         grad_norm = _clip(model, settings.grad_clip)
         global_loss = all_reduce_mean(step_loss).item()
         if not math.isfinite(global_loss):
+            bar.close()
+            logger.close()  # flush and close the sinks (and TensorBoard's thread) before the run stops
             where = f"last good checkpoint: {last_checkpoint}" if last_checkpoint else "no checkpoint was saved yet"
             raise TrainingDiverged(f"loss is {global_loss} at step {step + 1}; stopping ({where}); lower the LR?")
+        lr = scheduler.get_last_lr()[0]  # the LR this step uses, read before the schedule moves on
         optimizer.step()
         scheduler.step()
         losses.append(global_loss)
@@ -250,8 +256,8 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
             values = {
                 "loss": global_loss,
                 "grad_norm": grad_norm,
-                "lr": scheduler.get_last_lr()[0],
-                "samples_per_s": global_batch * settings.log_every / max(elapsed, 1e-9),
+                "lr": lr,
+                "samples_per_s": global_batch * (done - logged) / max(elapsed, 1e-9),
                 "data_wait_fraction": wait / max(wait + compute, 1e-9),
                 "peak_memory_mb": peak_memory_mb(info.device),
                 **sigma_bucket_losses(torch.cat(sigmas).cpu(), torch.cat(per_sample).cpu()),
@@ -261,6 +267,7 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
                             samples_s=f"{values['samples_per_s']:.1f}", refresh=False)  # fmt: skip
             wait = compute = 0.0
             step_began = time.monotonic()
+            logged = done
         bar.update(1)
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done != end:
             last_checkpoint = _save(settings, done, model, optimizer, scheduler, trainable_only, info, total)

@@ -1,0 +1,606 @@
+"""The training runner end to end on the tiny LTX-Video spec, single process (the two-rank runs are in
+test_train_distributed.py).
+
+Covers:
+- learning: ~100 (full) / 200 (LoRA) steps on 4 cached clips lower the loss clearly (last-10 mean over
+  first-10 mean below a ratio, measured at 0.71–0.84 over seeds and modes);
+- exact resume: N steps straight vs k steps (`stop_after`), then resume to N: the per-step losses after k,
+  the metrics.jsonl records and the whole final checkpoint (weights *and* optimiser state) are bit-equal;
+  LoRA and full; with batch 2 x grad-accum 2; also resuming from a mid-run checkpoint into another run dir,
+  and resuming a finished run (nothing to do); a run is a function of its seed (the LoRA init too), not of
+  the process's RNG state;
+- CFG dropout: `dropout_decisions` (p=1 all, p=0 none, p=0.3 about 30%, per sample, reproducible),
+  `cfg_dropout` on hand-made tensors, and in the loop: with p=1 the transformer only ever sees the cached
+  null conditioning, with p=0 never;
+- divergence: a child spec whose loss weight overflows float32 (`sigma * 1e39`) stops with
+  `TrainingDiverged` naming the step and "no checkpoint", or the last good checkpoint (nothing written
+  after it; also one resumed from in another run directory); via the CLI it exits 2 with one line;
+  a cache made with another spec is refused;
+- frozen parts: training from a cache builds the transformer and nothing else (no VAE, no text encoder);
+- exports: the diffusers LoRA loaded into a fresh `LTXPipeline` gives exactly the output of a transformer
+  rebuilt independently from the final DCP checkpoint (and not the base model's); the full fine-tune
+  export loads with `from_pretrained`, differs from the initial weights and equals the checkpoint's;
+- observability: metrics.jsonl keys and values, TensorBoard scalars, loss.png, samples/s over a partial
+  logging interval; `ltxc run train` (embedded default, synthetic media, 5 steps) prints the
+  checkpoint, export and loss-curve paths;
+- schedule: `lr_factor` hand values for constant/cosine/linear with warmup; the LR each optimiser step
+  used follows it, and is the one logged for that step.
+
+In-process runs share one 1-rank gloo group (made on first use); it is destroyed and the RANK/MASTER_*
+variables restored when the module ends. CLI runs are subprocesses without those variables.
+
+Run: `pytest -q tests/test_train.py` (CPU, tiny random weights, nothing downloaded; ~45 s on 2 cores);
+`pytest -q -m slow tests/test_train.py` for the full embedded default (400 steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from conftest import TINY_LTX
+from diffusers import LTXPipeline, LTXVideoTransformer3DModel
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+from ltxc.adapter import Adapter, cfg_dropout, dropout_decisions
+from ltxc.compiler import compile_spec
+from ltxc.components import ComponentRecipe
+from ltxc.data.dataset import CacheDataset
+from ltxc.media.synthetic import make_sample_dataset
+from ltxc.plan import Plan
+from ltxc.preprocess.run import preprocess
+from ltxc.preprocess.settings import build_settings
+from ltxc.runner.checkpoint import latest_checkpoint
+from ltxc.runner.lora import add_lora, lora_config
+from ltxc.runner.metrics import read_metrics
+from ltxc.runner.optim import OptimSettings, lr_factor, make_scheduler
+from ltxc.runner.train import TrainingDiverged, TrainResult, TrainSettings, train
+from ltxc.spec import load_spec
+from ltxc.spec.errors import UserError
+
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RANK, ALPHA = 4, 8.0  # alpha != rank, so an export that loses the scale shows
+
+
+# -- fixtures and helpers -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _process_group() -> Iterator[None]:
+    """In-process runs make (and reuse) a 1-rank group and set RANK/MASTER_*: undo both afterwards."""
+    saved = {key: os.environ.get(key) for key in DIST_ENV}
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return compile_spec(load_spec(TINY_LTX))
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 synthetic clips: two in each of two buckets (64x32x9, 96x64x9)."""
+    folder = tmp_path_factory.mktemp("media")
+    make_sample_dataset(folder, clips=4, images=0, seed=0)
+    return folder
+
+
+def make_cache(plan: Plan, media: Path, cache: Path) -> Path:
+    report = preprocess(plan, media, cache, build_settings(plan), progress=False)
+    assert report.total_cached == 4 and not report.rejected
+    return cache
+
+
+@pytest.fixture(scope="module")
+def cache(plan: Plan, media: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cache(plan, media, tmp_path_factory.mktemp("cache") / "cache")
+
+
+@pytest.fixture(scope="module")
+def diverging(media: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Plan, Path, Path]:
+    """(plan, plan.json, cache) of a child of the tiny spec whose loss weight overflows float32 to inf."""
+    directory = tmp_path_factory.mktemp("diverging")
+    spec = directory / "diverging.toml"
+    spec.write_text(
+        f'[model]\nname = "ltx-video-tiny-diverging"\nextends = {json.dumps(TINY_LTX.resolve().as_posix())}\n\n'
+        '[flow]\nloss_weight = "sigma * 1e39"\n',
+        encoding="utf-8",
+    )
+    child = compile_spec(load_spec(spec))
+    return child, child.save(directory), make_cache(child, media, directory / "cache")
+
+
+def settings(run_dir: Path, cache: Path, **overrides: Any) -> TrainSettings:
+    """Quiet, fast settings: no progress bar, no TensorBoard, no exports, LoRA rank 4 / alpha 8, lr 1e-3."""
+    base: dict[str, Any] = dict(
+        run_dir=run_dir,
+        cache=cache,
+        mode="lora",
+        steps=4,
+        lora_rank=RANK,
+        lora_alpha=ALPHA,
+        checkpoint_every=0,
+        progress=False,
+        tensorboard=False,
+        export_lora_diffusers=False,
+        export_lora_comfyui=False,
+        export_full=False,
+        pin_memory=False,
+        optim=OptimSettings(lr=1e-3),
+    )
+    return TrainSettings(**{**base, **overrides})
+
+
+def ltxc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m ltxc ARGS` in a fresh process, without this process's RANK/MASTER_* (its group's port)."""
+    env = {key: value for key, value in os.environ.items() if key not in DIST_ENV}
+    return subprocess.run(
+        [sys.executable, "-m", "ltxc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def read_checkpoint(path: Path, scratch: Path) -> dict[str, Any]:
+    """A DCP checkpoint as one plain dict ({"model": ..., "optim": ...}), read without any process group."""
+    file = scratch / f"{path.parent.parent.name}-{path.name}.pt"
+    dcp_to_torch_save(str(path), str(file))
+    return torch.load(file, weights_only=False)
+
+
+def assert_same(a: Any, b: Any, where: str = "") -> None:
+    """Nested dicts/lists/tensors equal bit for bit."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def sample_inputs(cache: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One cached clip, noised at σ = 0.6 with seeded noise: (x_t, σ, embeds, mask, fps)."""
+    dataset = CacheDataset(cache)
+    item = dataset[0]
+    x0 = item["latents"][None].float()
+    sigma = torch.tensor([0.6])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    xt = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
+    fps = float(dataset.header["settings"]["fps"])
+    return xt, sigma, item["text_embeds"][None], item["text_mask"][None], fps
+
+
+# -- exact resume -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "batch_size", "grad_accum"), [("lora", 1, 1), ("full", 2, 2)], ids=["lora", "full-b2-accum2"]
+)
+def test_resume_is_exact(plan: Plan, cache: Path, tmp_path: Path, mode: str, batch_size: int, grad_accum: int) -> None:
+    common = dict(mode=mode, steps=12, checkpoint_every=4, keep=0, batch_size=batch_size, grad_accum=grad_accum)
+
+    def run(run_dir: Path, **more: Any) -> TrainResult:
+        torch.manual_seed(0)  # the same process RNG state for each run: this test is about resume (see below)
+        return train(plan, settings(run_dir, cache, **common, **more))
+
+    straight_dir, split_dir, other_dir = tmp_path / "straight", tmp_path / "split", tmp_path / "other"
+    straight = run(straight_dir)
+    assert len(straight.losses) == 12
+    assert len(set(straight.losses)) > 1  # distinct steps, so a misaligned comparison can't pass
+
+    first = run(split_dir, stop_after=6)
+    assert (first.steps_done, first.total_steps) == (6, 12)
+    assert first.losses == straight.losses[:6]
+    assert first.checkpoint == split_dir / "checkpoints" / "step-00000006"
+    assert first.exports == {}  # not finished: no exports yet
+    assert (split_dir / "checkpoints" / "step-00000004").is_dir()
+
+    # resuming from a mid-run checkpoint (step 4, not the stop point) into another run directory
+    other = run(other_dir, resume=str(split_dir / "checkpoints" / "step-00000004"))
+    assert other.losses == straight.losses[4:]
+
+    second = run(split_dir)  # resume = "auto"
+    assert (second.steps_done, second.total_steps) == (6, 12)
+    assert second.losses == straight.losses[6:]  # bit-equal, not approximately
+
+    records = read_metrics(split_dir / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 13))
+    assert [r["loss"] for r in records] == [r["loss"] for r in read_metrics(straight_dir / "metrics.jsonl")]
+
+    # the whole final state, weights and optimiser moments, is the same
+    assert second.checkpoint == split_dir / "checkpoints" / "step-00000012"
+    assert_same(
+        read_checkpoint(straight.checkpoint, tmp_path), read_checkpoint(second.checkpoint, tmp_path), "checkpoint"
+    )
+    meta = json.loads((second.checkpoint / "meta.json").read_text())
+    assert meta["step"] == 12 and meta["global_batch"] == batch_size * grad_accum
+
+    done = run(split_dir)  # a finished run: nothing to do
+    assert (done.steps_done, done.losses) == (0, ())
+    assert done.checkpoint == second.checkpoint
+
+
+def test_a_run_is_a_function_of_its_seed(plan: Plan, cache: Path, tmp_path: Path) -> None:
+    # The LoRA's random init (A) must come from run.seed, not from whatever the process's global RNG holds
+    # (a notebook, a previous run, preprocessing in the same process). B = 0 hides A at step 1, not after.
+    torch.manual_seed(1)
+    first = train(plan, settings(tmp_path / "a", cache, steps=3))
+    torch.manual_seed(2)
+    again = train(plan, settings(tmp_path / "b", cache, steps=3))
+    assert again.losses == first.losses
+    other = train(plan, settings(tmp_path / "c", cache, steps=3, seed=1))
+    assert other.losses != first.losses
+
+
+# -- CFG dropout --------------------------------------------------------------------------------------
+
+
+def generators(count: int, offset: int = 0) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(offset + i) for i in range(count)]
+
+
+def test_dropout_decisions() -> None:
+    assert dropout_decisions(generators(64), 1.0).tolist() == [True] * 64
+    assert dropout_decisions(generators(64), 0.0).tolist() == [False] * 64
+    many = dropout_decisions(generators(4000), 0.3)
+    assert many.dtype == torch.bool and many.shape == (4000,)
+    assert abs(many.float().mean().item() - 0.3) < 0.03  # 4 standard deviations (0.0072)
+    # one coin per sample, not one per batch; the same generators decide the same way
+    half = dropout_decisions(generators(32, 100), 0.5)
+    assert 0 < int(half.sum()) < 32
+    assert torch.equal(half, dropout_decisions(generators(32, 100), 0.5))
+
+
+def test_cfg_dropout_replaces_exactly_the_dropped_rows() -> None:
+    g = torch.Generator().manual_seed(0)
+    embeds = torch.randn(4, 6, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0], [1, 0, 0, 0, 0, 0]]).bool()
+    null_embeds, null_mask = torch.randn(6, 5, generator=g), torch.tensor([1, 0, 0, 0, 0, 0]).bool()
+    before = (embeds.clone(), mask.clone())
+    drop = torch.tensor([True, False, True, False])
+    out_embeds, out_mask = cfg_dropout(embeds, mask, null_embeds, null_mask, drop)
+    assert out_embeds.shape == embeds.shape and out_mask.dtype == torch.bool
+    for i in (0, 2):
+        assert torch.equal(out_embeds[i], null_embeds) and torch.equal(out_mask[i], null_mask)
+    for i in (1, 3):
+        assert torch.equal(out_embeds[i], embeds[i]) and torch.equal(out_mask[i], mask[i])
+    assert torch.equal(embeds, before[0]) and torch.equal(mask, before[1])  # inputs untouched
+    same = cfg_dropout(embeds, mask, null_embeds, null_mask, torch.zeros(4, dtype=torch.bool))
+    assert torch.equal(same[0], embeds) and torch.equal(same[1], mask)
+
+
+@pytest.mark.parametrize("probability", [1.0, 0.0])
+def test_loop_conditions_on_null_exactly_when_dropped(
+    plan: Plan, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probability: float
+) -> None:
+    dataset = CacheDataset(cache)
+    null = dataset.null_conditioning()
+    captions = [dataset[i]["text_embeds"] for i in range(len(dataset))]
+    assert not any(torch.equal(c, null["text_embeds"]) for c in captions)  # else the test proves nothing
+    assert null["text_embeds"].abs().sum() > 0  # "no text" is the encoded empty prompt, not zeros
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = Adapter.predict
+
+    def spy(self: Adapter, transformer: Any, latents: Any, sigma: Any, embeds: Any, mask: Any, *a: Any, **k: Any):
+        seen.append((embeds.detach().clone(), mask.clone()))
+        return original(self, transformer, latents, sigma, embeds, mask, *a, **k)
+
+    monkeypatch.setattr(Adapter, "predict", spy)
+    train(plan, settings(tmp_path / "run", cache, steps=3, batch_size=2, cfg_dropout=probability))
+    rows = [(e[i], m[i]) for e, m in seen for i in range(e.shape[0])]
+    assert len(rows) == 6
+    for embeds, mask in rows:
+        is_null = torch.equal(embeds, null["text_embeds"]) and torch.equal(mask, null["text_mask"])
+        assert is_null == (probability == 1.0)
+        if probability == 0.0:
+            assert any(torch.equal(embeds, c) for c in captions)
+
+
+# -- divergence and refusals --------------------------------------------------------------------------
+
+
+def test_cache_from_another_spec_is_refused(diverging: tuple[Plan, Path, Path], cache: Path, tmp_path: Path) -> None:
+    child, _, _ = diverging
+    tiny_hash = json.loads((cache / "cache.json").read_text())["spec"]["hash"]
+    assert tiny_hash != child.hash
+    with pytest.raises(UserError) as caught:
+        train(child, settings(tmp_path / "run", cache))
+    message = str(caught.value)
+    assert "another spec" in message and "preprocess again" in message
+    assert str(cache) in message and tiny_hash[:12] in message and child.hash[:12] in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_nonfinite_loss_stops_at_once(diverging: tuple[Plan, Path, Path], tmp_path: Path) -> None:
+    child, _, child_cache = diverging
+    with pytest.raises(TrainingDiverged) as caught:
+        train(child, settings(tmp_path / "run", child_cache, steps=5, checkpoint_every=1))
+    assert isinstance(caught.value, UserError)  # exit 2 from the CLI, no traceback
+    message = str(caught.value)
+    assert "at step 1" in message and "no checkpoint" in message and "inf" in message
+    assert latest_checkpoint(tmp_path / "run") is None
+
+
+def test_nonfinite_loss_names_the_last_good_checkpoint(
+    plan: Plan, cache: Path, diverging: tuple[Plan, Path, Path], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    good = train(plan, settings(run, cache, steps=10, stop_after=3))  # 3 good steps, checkpointed
+    assert good.checkpoint == run / "checkpoints" / "step-00000003"
+    child, _, child_cache = diverging
+    with pytest.raises(TrainingDiverged) as caught:
+        train(child, settings(run, child_cache, steps=10, checkpoint_every=1))  # resumes at 3, step 4 is inf
+    message = str(caught.value)
+    assert "at step 4" in message and str(good.checkpoint) in message
+    assert latest_checkpoint(run) == good.checkpoint
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-00000003"]
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in records)
+
+    # resumed from an explicit checkpoint into a new run directory: that checkpoint is the last good one
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(TrainingDiverged) as caught:
+        train(child, settings(elsewhere, child_cache, steps=10, resume=str(good.checkpoint)))
+    assert "at step 4" in str(caught.value) and str(good.checkpoint) in str(caught.value)
+
+
+def test_nonfinite_loss_via_cli_exits_2_with_one_line(diverging: tuple[Plan, Path, Path], tmp_path: Path) -> None:
+    _, plan_json, child_cache = diverging
+    out = tmp_path / "run"
+    sets = [f"data.cache={child_cache}", f"run.output={out}", "train.steps=3", "log.progress=false"]
+    done = ltxc("run", "train", "--plan", str(plan_json), *(f"--set={s}" for s in sets), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "at step 1" in last and "no checkpoint" in last
+    assert done.stdout == ""  # no summary for a run that failed
+
+
+# -- frozen parts -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_only_the_transformer_is_built(
+    plan: Plan, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    built: list[str] = []
+    original = ComponentRecipe.build
+
+    def spy(self: ComponentRecipe) -> Any:
+        built.append(self.role)
+        return original(self)
+
+    monkeypatch.setattr(ComponentRecipe, "build", spy)
+    exports = dict(export_lora_diffusers=True, export_lora_comfyui=True, export_full=True)
+    result = train(plan, settings(tmp_path / "run", cache, mode=mode, steps=2, **exports))
+    assert result.exports  # the exports ran too, and needed nothing else either
+    assert built == [plan.spec.transformer.component]
+
+
+# -- exports ------------------------------------------------------------------------------------------
+
+
+def test_lora_export_loads_into_a_fresh_pipeline_like_the_trained_model(
+    plan: Plan, cache: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    result = train(plan, settings(run, cache, steps=20, export_lora_diffusers=True, export_lora_comfyui=True))
+    assert set(result.exports) == {"lora_diffusers", "lora_comfyui"}
+    assert Path(result.exports["lora_diffusers"]) == run / "export" / "lora" / "pytorch_lora_weights.safetensors"
+    xt, sigma, embeds, mask, fps = sample_inputs(cache)
+    adapter = Adapter(plan)
+
+    @torch.no_grad()
+    def output(transformer: torch.nn.Module) -> torch.Tensor:
+        return adapter.predict(transformer, xt, sigma, embeds, mask, fps)
+
+    # the trained model, rebuilt from the final checkpoint without the export code
+    trained = plan.components()[plan.spec.transformer.component]
+    add_lora(trained, lora_config(plan.spec.lora.targets, RANK, ALPHA, exclude=plan.spec.parallel.frozen))
+    state = read_checkpoint(result.checkpoint, tmp_path)["model"]
+    assert state and all(".lora_" in key for key in state)  # a LoRA checkpoint holds only the LoRA
+    missing, unexpected = trained.load_state_dict(state, strict=False)
+    assert unexpected == [] and not [key for key in missing if ".lora_" in key]
+    assert any(key.endswith("lora_B.default.weight") and value.abs().max() > 0 for key, value in state.items())
+
+    components = plan.components()
+    pipe = LTXPipeline(**{role: components[role] for role in components})
+    pipe.load_lora_weights(run / "export" / "lora")
+    base = plan.components()[plan.spec.transformer.component]
+
+    want, got, untrained = output(trained), output(pipe.transformer), output(base)
+    assert (got - want).abs().max().item() <= 1e-6
+    assert (want - untrained).abs().max().item() > 1e-3  # the LoRA changes the output
+
+
+def test_full_export_loads_with_from_pretrained(plan: Plan, cache: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = train(plan, settings(run, cache, mode="full", steps=5, export_full=True))
+    assert Path(result.exports["transformer"]) == run / "export" / "transformer"
+    loaded = LTXVideoTransformer3DModel.from_pretrained(run / "export" / "transformer")
+    exported = loaded.state_dict()
+    initial = plan.components()[plan.spec.transformer.component].state_dict()
+    checkpoint = read_checkpoint(result.checkpoint, tmp_path)["model"]
+    assert set(exported) == set(initial) == set(checkpoint)
+    changed = [key for key in exported if not torch.equal(exported[key], initial[key])]
+    assert len(changed) > len(exported) // 2  # a full fine-tune moves (nearly) every weight
+    for key, value in exported.items():
+        assert value.dtype == torch.float32 and torch.equal(value, checkpoint[key]), key
+
+
+# -- learning -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "steps"), [("full", 100), ("lora", 200)])
+def test_training_lowers_the_loss(plan: Plan, cache: Path, tmp_path: Path, mode: str, steps: int) -> None:
+    # σ is drawn per step, so single losses are noisy; means of 10 measured 0.71-0.78 (full, 100 steps) and
+    # 0.75-0.79 (LoRA, 200 steps) over seeds 0-5: 0.85 leaves a margin, and a model that doesn't learn is ~1.
+    result = train(plan, settings(tmp_path / "run", cache, mode=mode, steps=steps))
+    losses = result.losses
+    assert len(losses) == steps and all(math.isfinite(x) for x in losses)
+    first, last = statistics.mean(losses[:10]), statistics.mean(losses[-10:])
+    assert last / first < 0.85, f"{mode}: loss {first:.4f} -> {last:.4f} (ratio {last / first:.3f})"
+
+
+# -- observability ------------------------------------------------------------------------------------
+
+
+def test_metrics_tensorboard_and_loss_curve(plan: Plan, cache: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    result = train(plan, settings(run, cache, steps=6, tensorboard=True))
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert tuple(r["loss"] for r in records) == result.losses
+    for record in records:
+        assert {"loss", "grad_norm", "lr", "samples_per_s", "data_wait_fraction", "peak_memory_mb"} <= set(record)
+        assert record["lr"] == pytest.approx(1e-3)
+        assert record["grad_norm"] > 0 and record["samples_per_s"] > 0 and record["peak_memory_mb"] > 0
+        assert 0 <= record["data_wait_fraction"] <= 1
+        buckets = [key for key in record if key.startswith("loss/sigma_")]
+        assert len(buckets) == 1  # batch size 1: one σ, one bucket, and its loss is the step's loss
+        assert record[buckets[0]] == pytest.approx(record["loss"], rel=1e-6)
+
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    accumulator = EventAccumulator(str(run / "tensorboard"))
+    accumulator.Reload()
+    assert {"loss", "grad_norm", "lr"} <= set(accumulator.Tags()["scalars"])
+    scalars = accumulator.Scalars("loss")
+    assert [e.step for e in scalars] == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in scalars] == pytest.approx(list(result.losses), rel=1e-6)
+
+    assert result.loss_curve == run / "loss.png"
+    assert (run / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_samples_per_second_over_a_partial_logging_interval(
+    plan: Plan, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each step takes ~0.1 s (a sleep dominates the tiny model's compute). With log.every = 4 over 6 steps the
+    # records come at steps 4 and 6; the second covers 2 steps, and must not be counted as 4.
+    original = Adapter.predict
+
+    def slow(*args: Any, **kwargs: Any) -> torch.Tensor:
+        time.sleep(0.1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(Adapter, "predict", slow)
+    train(plan, settings(tmp_path / "run", cache, steps=6, log_every=4))
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [4, 6]
+    ratio = records[1]["samples_per_s"] / records[0]["samples_per_s"]
+    assert 0.6 < ratio < 1.5, f"samples/s {records[0]['samples_per_s']:.2f} then {records[1]['samples_per_s']:.2f}"
+
+
+def test_cli_embedded_default_prints_where_things_are(tmp_path: Path) -> None:
+    # `ltxc run train` with no config: synthetic media, preprocessing, training, exports; 5 steps here
+    done = ltxc("run", "train", "--set", "train.steps=5", "--set", "log.progress=false", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = done.stdout.splitlines()
+    run = Path("runs") / "default"
+
+    def named(prefix: str) -> list[str]:
+        return [line.removeprefix(prefix).strip() for line in summary if line.startswith(prefix)]
+
+    assert named("checkpoint") == [str(run / "checkpoints" / "step-00000005")]
+    assert (tmp_path / run / "checkpoints" / "step-00000005" / "meta.json").is_file()
+    exports = dict(item.split(": ", 1) for item in named("export"))
+    assert exports == {
+        "lora_diffusers": str(run / "export" / "lora" / "pytorch_lora_weights.safetensors"),
+        "lora_comfyui": str(run / "export" / "lora" / "comfyui_lora.safetensors"),
+    }
+    assert all((tmp_path / path).is_file() for path in exports.values())
+    assert named("loss curve") == [str(run / "loss.png")]
+    assert (tmp_path / run / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert named("steps")[0].startswith("5 this run") and "->" in named("loss  ")[0]
+    assert (tmp_path / run / "run.json").is_file() and (tmp_path / run / "cache" / "manifest.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_cli_embedded_default_learns(tmp_path: Path) -> None:
+    """`ltxc run train` exactly as the README's first command: the tiny model visibly learns."""
+    began = time.monotonic()
+    done = ltxc("run", "train", "--set", "log.progress=false", cwd=tmp_path)
+    seconds = time.monotonic() - began
+    assert done.returncode == 0, done.stderr
+    losses = [r["loss"] for r in read_metrics(tmp_path / "runs" / "default" / "metrics.jsonl")]
+    assert len(losses) == 400
+    first, last = statistics.mean(losses[:40]), statistics.mean(losses[-40:])
+    assert last / first < 0.85, f"loss {first:.4f} -> {last:.4f}"
+    assert seconds < 180  # "a few minutes on a 2-core CPU" at most; ~20 s here
+
+
+# -- schedule -----------------------------------------------------------------------------------------
+
+
+def test_lr_factor_hand_values() -> None:
+    constant = OptimSettings(schedule="constant", warmup=4)
+    assert [lr_factor(s, 10, constant) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert [lr_factor(s, 10, OptimSettings()) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+
+    cosine = OptimSettings(schedule="cosine", warmup=2)  # 8 steps of decay after 2 of warmup
+    got = [lr_factor(s, 10, cosine) for s in range(11)]
+    want = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(9)]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert got[6] == pytest.approx(0.5) and got[10] == pytest.approx(0.0)
+
+    linear = OptimSettings(schedule="linear", warmup=2, min_lr_ratio=0.1)
+    got = [lr_factor(s, 10, linear) for s in range(11)]
+    want = [0.5, 1.0, 1.0, 0.8875, 0.775, 0.6625, 0.55, 0.4375, 0.325, 0.2125, 0.1]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert lr_factor(50, 10, linear) == pytest.approx(0.1)  # never below the floor
+
+    floor = OptimSettings(schedule="cosine", min_lr_ratio=0.2)
+    assert [lr_factor(s, 4, floor) for s in (0, 2, 4)] == pytest.approx([1.0, 0.6, 0.2])
+
+
+def test_scheduler_follows_lr_factor() -> None:
+    schedule = OptimSettings(lr=2e-3, schedule="cosine", warmup=3)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=schedule.lr)
+    scheduler = make_scheduler(optimizer, 12, schedule)
+    for step in range(12):
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * lr_factor(step, 12, schedule), abs=1e-15)
+        optimizer.step()
+        scheduler.step()
+
+
+def test_each_step_uses_and_logs_its_scheduled_lr(plan: Plan, cache: Path, tmp_path: Path) -> None:
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    schedule = OptimSettings(lr=1e-3, schedule="linear", warmup=3, min_lr_ratio=0.1)
+    used: list[float] = []
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    try:
+        result: TrainResult = train(plan, settings(tmp_path / "run", cache, steps=8, optim=schedule))
+    finally:
+        handle.remove()
+    assert len(result.losses) == 8
+    assert used == pytest.approx([1e-3 * lr_factor(s, 8, schedule) for s in range(8)], abs=1e-15)
+    logged = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert logged == pytest.approx(used, abs=1e-15), "the lr logged at step k is the one step k used"
