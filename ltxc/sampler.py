@@ -56,6 +56,7 @@ class Sampler:
         components: Mapping[str, Any],
         device: str | torch.device = "cpu",
         transformer: torch.nn.Module | None = None,
+        compute_dtype: torch.dtype | None = None,
     ) -> None:
         self.plan = plan
         self.settings = plan.spec.sampler
@@ -66,6 +67,7 @@ class Sampler:
         self.processor = Processor(_text_plan(plan), components, self.device)
         self._transformer = transformer
         self._normaliser: Any = None
+        self.compute_dtype = compute_dtype
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -140,7 +142,9 @@ class Sampler:
         timesteps, sigmas = self._schedule(steps, shape)
 
         transformer, scheduler = self.transformer, self.scheduler
-        dtype = next(transformer.parameters()).dtype  # the pipelines cast latents and text to the model's dtype
+        # the pipelines cast latents and text to the model's dtype; a sharded model computes in its
+        # mixed-precision dtype, which its (fp32 master) parameters don't show, so the runner passes it
+        dtype = self.compute_dtype or next(transformer.parameters()).dtype
         was_training = transformer.training
         transformer.eval()  # a live training model may come in training mode; it goes back to it below
         bar = tqdm(total=len(timesteps), desc="sample", unit="step", file=sys.stderr, disable=not progress)

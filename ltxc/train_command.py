@@ -12,6 +12,7 @@ from ltxc.defaults import resolve_plan
 from ltxc.fileio import atomic_write_json
 from ltxc.runner.optim import OptimSettings
 from ltxc.runner.train import TrainResult, TrainSettings, train
+from ltxc.runner.validation import ValidationSettings
 from ltxc.spec.errors import UserError
 from ltxc.spec.run import SYNTHETIC_MEDIA, RunConfig, load_run_config, run_config_to_dict
 
@@ -63,6 +64,17 @@ def settings_from(config: RunConfig, plan_lora: tuple[int, float], *, resume: st
         pin_memory=config.data.pin_memory,
         device=device,
         stop_after=stop_after,
+        validation=ValidationSettings(
+            prompts=tuple(config.validation.prompts),
+            negative_prompt=config.validation.negative_prompt,
+            every=config.validation.every,
+            frames=config.validation.frames,
+            height=config.validation.height,
+            width=config.validation.width,
+            steps=config.validation.steps,
+            guidance=config.validation.guidance,
+            seed=config.validation.seed,
+        ),
     )
 
 
@@ -173,7 +185,7 @@ def run_export(*, run_dir: Path, checkpoint: Path | None, out: Path | None, devi
         raise UserError(f"{run_dir}: no complete checkpoint to export")
     info = init_distributed(device)
     try:
-        model, lora = build_model(plan, settings, info)
+        model, lora, _ = build_model(plan, settings, info)
         meta = load_weights(source, model, trainable_only=settings.mode == "lora")
         target = out or run_dir / f"export-step-{int(meta['step']):08d}"
         exports = export_trained(plan, model, lora, settings, info, out=target)

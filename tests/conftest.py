@@ -27,3 +27,12 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(autouse=True)
+def no_stray_plan(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process `ltxc run …` ignores a `.ltxc/plan.json` that happens to sit in the working directory
+    (a developer's compiled real spec must not turn a test into a weight download); tests pass --plan."""
+    import ltxc.defaults
+
+    monkeypatch.setattr(ltxc.defaults, "DEFAULT_PLAN", tmp_path_factory.getbasetemp() / "no-such-plan.json")

@@ -47,6 +47,11 @@ class MetricsLogger:
             for key, value in scalars.items():
                 self._writer.add_scalar(key, value, global_step=int(step))
 
+    def log_image(self, tag: str, image: Any, step: int) -> None:
+        """An RGB image (uint8 [H, W, 3]) to TensorBoard, e.g. a validation contact sheet."""
+        if self._writer is not None:
+            self._writer.add_image(tag, image, global_step=int(step), dataformats="HWC")
+
     def close(self) -> None:
         """Flush and close the sinks."""
         if self._file is not None:

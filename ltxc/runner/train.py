@@ -26,6 +26,7 @@ from ltxc.runner.lora import add_lora, lora_config
 from ltxc.runner.metrics import MetricsLogger, peak_memory_mb, plot_loss_curve, sigma_bucket_losses
 from ltxc.runner.optim import OptimSettings, make_optimizer, make_scheduler
 from ltxc.runner.parallelize import parallelize
+from ltxc.runner.validation import ValidationSettings, Validator
 from ltxc.spec.errors import UserError
 
 BIG_MODEL_PARAMS = 100_000_000  # "auto" activation checkpointing turns on above this size
@@ -70,6 +71,7 @@ class TrainSettings:
     pin_memory: bool = True
     device: str | None = None
     stop_after: int | None = None  # stop (with a checkpoint) after this many steps of this invocation
+    validation: ValidationSettings | None = None
 
 
 @frozen
@@ -91,8 +93,11 @@ def _sample_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def build_model(plan: Plan, settings: TrainSettings, info: Distributed) -> tuple[torch.nn.Module, Any]:
-    """The trainable transformer: fp32 master weights, frozen parts frozen, LoRA added, sharded."""
+def build_model(
+    plan: Plan, settings: TrainSettings, info: Distributed
+) -> tuple[torch.nn.Module, Any, torch.dtype | None]:
+    """The trainable transformer (fp32 master weights, frozen parts frozen, LoRA added, sharded), its LoRA
+    config, and the dtype it computes in under mixed precision (None: float32 throughout)."""
     spec = plan.spec
     components = plan.components()
     model = components[spec.transformer.component]
@@ -125,7 +130,7 @@ def build_model(plan: Plan, settings: TrainSettings, info: Distributed) -> tuple
     local, total = _parameter_bytes(model)
     print(f"rank {info.rank}/{info.world_size}: holds {local / 2**20:.2f} MiB of {total / 2**20:.2f} MiB of "
           f"transformer parameters", file=sys.stderr)  # fmt: skip
-    return model, config
+    return model, config, param_dtype
 
 
 def _parameter_bytes(model: torch.nn.Module) -> tuple[int, int]:
@@ -171,7 +176,7 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
     per_epoch = math.ceil(sampler.batches_per_epoch / settings.grad_accum)
     total = settings.steps if settings.steps is not None else (settings.epochs or 1) * per_epoch
 
-    model, lora = build_model(plan, settings, info)
+    model, lora, compute_dtype = build_model(plan, settings, info)
     optimizer = make_optimizer(model.parameters(), settings.optim, info.device)
     scheduler = make_scheduler(optimizer, total, settings.optim)
     trainable_only = settings.mode == "lora"
@@ -187,6 +192,11 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
     # run resumes at the exact next batch whatever the number of ranks.
     restore_sampler(loader, _position(start * settings.grad_accum, sampler.batches_per_epoch))
 
+    validator = (
+        Validator(plan, settings.validation, info, settings.run_dir, compute_dtype, fps)
+        if (settings.validation is not None and settings.validation.prompts)
+        else None
+    )
     adapter = Adapter(plan)
     global_batch = settings.batch_size * settings.grad_accum * info.world_size
     logger = MetricsLogger(settings.run_dir, jsonl=settings.jsonl, tensorboard=settings.tensorboard,
@@ -229,7 +239,7 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
                 embeds.to(info.device),
                 mask.to(info.device),
                 fps,
-                compute_dtype=None,
+                compute_dtype=compute_dtype,  # the root does not cast its inputs (the timestep stays fp32)
             )
             weights = loss_weights(plan.loss_weight, sigma, plan.constants)
             loss, sample_losses = flow_loss(prediction, flow_target(x0, noise), weights)
@@ -269,6 +279,8 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
             step_began = time.monotonic()
             logged = done
         bar.update(1)
+        if validator is not None and validator.due(done, done == total):
+            validator.run(model, done, logger)
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done != end:
             last_checkpoint = _save(settings, done, model, optimizer, scheduler, trainable_only, info, total)
     bar.close()
