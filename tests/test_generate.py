@@ -22,14 +22,21 @@ SMALL = ("--frames", "9", "--height", "64", "--width", "96", "--steps", "2")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-step LoRA run of the embedded default, with a validation video of PROMPT at the end."""
-    root = tmp_path_factory.mktemp("gen")
-    run = root / "run"
-    capsys = None  # run_cli needs a capture fixture; use main() directly here
+    import os
+
     from ltxc.cli import main
 
-    code = main(["run", "train", "--set", f"run.output={run}", "--set", "train.steps=4", "--set", "log.progress=false",
-                 "--set", f"validation.prompts=[\"{PROMPT}\"]", "--set", "train.cfg_dropout=0.0"])  # fmt: skip
-    assert code == 0 and capsys is None
+    root = tmp_path_factory.mktemp("gen")
+    run = root / "run"
+    before = os.getcwd()
+    os.chdir(root)  # no stray .ltxc/plan.json: the embedded default
+    try:
+        code = main(["run", "train", "--set", f"run.output={run}", "--set", "train.steps=4",
+                     "--set", "log.progress=false", "--set", f"validation.prompts=[\"{PROMPT}\"]",
+                     "--set", "train.cfg_dropout=0.0"])  # fmt: skip
+    finally:
+        os.chdir(before)
+    assert code == 0
     return run
 
 
