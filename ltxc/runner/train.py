@@ -186,6 +186,14 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
     if resume_from is not None:
         meta = load_checkpoint(resume_from, model, optimizer, scheduler, trainable_only=trainable_only)
         start = int(meta["step"])
+        saved_batch = meta.get("global_batch")
+        now_batch = settings.batch_size * settings.grad_accum * info.world_size
+        if saved_batch is not None and int(saved_batch) != now_batch:
+            raise UserError(
+                f"{resume_from} was trained with a global batch of {saved_batch} (batch size x grad_accum x ranks), "
+                f"this run has {now_batch}: the data order would not continue; keep the global batch (e.g. 2 ranks "
+                "x batch 1 = 1 rank x batch 2) or start a new run with --resume never"
+            )
         if info.is_main:
             print(f"resumed from {resume_from} at step {start}", file=sys.stderr)
     # The data position is a function of the step alone (global batches, identical on every layout), so a

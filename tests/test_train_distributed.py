@@ -1,0 +1,250 @@
+"""`ltxc run train` under real torchrun processes (gloo on CPU): the runner's distributed promises.
+
+- Two processes vs one at the same global batch (2 ranks x 1 = 1 rank x 2), LoRA and full fine-tune:
+  equal per-step losses within fp32 tolerance, and each rank holds about half the parameter bytes.
+- torchrun trains and resumes: stop after k steps (checkpointed), resume (auto) to N; the losses after k
+  equal the uninterrupted run's.
+- A checkpoint saved by 2 ranks resumes on 1 rank at the same global batch (DCP reshards it).
+- HSDP (`parallel.replicate = 2`) trains, checkpoints, and matches the plain 2-rank run.
+
+Every run is a subprocess (`python -m torch.distributed.run --standalone --nproc-per-node 2 -m ltxc run
+train ...`, or plain `python -m ltxc run train ...` for one process) on one shared cache of the tiny spec;
+runs that several tests compare against are made once per module. About a minute and a half on 2 cores:
+
+    pytest -q -m slow tests/test_train_distributed.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from attrs import frozen
+from conftest import TINY_LTX
+
+from ltxc.compiler import compile_spec
+from ltxc.media.synthetic import make_sample_dataset
+from ltxc.preprocess.run import preprocess
+from ltxc.preprocess.settings import build_settings
+from ltxc.spec import load_spec
+
+pytestmark = pytest.mark.slow
+
+STEPS = 12  # every run's length (so every run has the same LR schedule)
+STOP_AT = 6  # where the interrupted runs stop and resume
+REL = 1e-5  # fp32 tolerance where the arithmetic is regrouped (batched vs split, reduce-scatter vs all-reduce)
+TIMEOUT = 300  # seconds per subprocess: a hung collective fails the test instead of the whole session
+HOLDS = re.compile(r"rank (\d+)/(\d+): holds ([\d.]+) MiB of ([\d.]+) MiB of transformer parameters")
+# Every run: the shared cache, the explicit plan, quiet, no TensorBoard or exports (not what these tests check).
+COMMON = (
+    "log.progress=false",
+    "log.tensorboard=false",
+    "export.lora_diffusers=false",
+    "export.lora_comfyui=false",
+    "export.full=false",
+    f"train.steps={STEPS}",
+    "run.seed=7",
+)
+
+
+@frozen
+class Run:
+    """A finished `ltxc run train` subprocess: its run directory and what it printed."""
+
+    run_dir: Path
+    returncode: int
+    stderr: str
+    stdout: str
+
+    def losses(self) -> dict[int, float]:
+        """step -> global loss, from the metrics rank 0 wrote."""
+        lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+        return {record["step"]: record["loss"] for record in map(json.loads, lines)}
+
+    def holds(self) -> dict[int, tuple[int, float, float]]:
+        """rank -> (world size, MiB held, MiB of the whole transformer), from every rank's report."""
+        found = {int(r): (int(w), float(x), float(y)) for r, w, x, y in HOLDS.findall(self.stderr)}
+        assert found, f"no parameter report in the output:\n{self.stderr[-3000:]}"
+        return found
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(plan.json of the tiny spec, a cache of 4 synthetic clips preprocessed with it)."""
+    root = tmp_path_factory.mktemp("train-distributed")
+    plan = compile_spec(load_spec(TINY_LTX))
+    plan_path = plan.save(root / "plan")
+    make_sample_dataset(root / "media", clips=4, images=0, seed=0)
+    report = preprocess(plan, root / "media", root / "cache", build_settings(plan), progress=False)
+    assert report.total_cached == 4, report
+    return plan_path, root / "cache"
+
+
+@pytest.fixture(scope="module")
+def runs(workspace: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """`runs(name, ranks=, batch=, mode=, ...)`: train once per name in this module, then reuse the result."""
+    plan_path, cache = workspace
+    root = tmp_path_factory.mktemp("runs")
+    done: dict[str, Run] = {}
+
+    def get(
+        name: str,
+        *,
+        ranks: int,
+        batch: int,
+        mode: str,
+        sets: Sequence[str] = (),
+        stop_after: int | None = None,
+        resume: Path | None = None,
+        check: bool = True,
+    ) -> Run:
+        if name not in done:
+            done[name] = train(root, name, plan_path, cache, ranks=ranks, batch=batch, mode=mode, sets=sets,
+                               stop_after=stop_after, resume=resume)  # fmt: skip
+        run = done[name]
+        assert run.returncode == 0 or not check, f"{name} exited {run.returncode}:\n{run.stdout}\n{run.stderr[-5000:]}"
+        return run
+
+    return get
+
+
+def train(
+    root: Path,
+    name: str,
+    plan_path: Path,
+    cache: Path,
+    *,
+    ranks: int,
+    batch: int,
+    mode: str,
+    sets: Sequence[str],
+    stop_after: int | None,
+    resume: Path | None,
+) -> Run:
+    """Run `ltxc run train` in `root` (so no .ltxc/plan.json is picked up by accident)."""
+    run_dir = root / name
+    launcher = [sys.executable, "-m", "ltxc"]
+    if ranks > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
+                    "-m", "ltxc"]  # fmt: skip
+    items = (*COMMON, f"data.cache={cache}", f"run.output={run_dir}", f"data.batch_size={batch}", f"train.mode={mode}",
+             *sets)  # fmt: skip
+    command = [*launcher, "run", "train", "--plan", str(plan_path)]
+    for item in items:
+        command += ["--set", item]
+    if stop_after is not None:
+        command += ["--stop-after", str(stop_after)]
+    if resume is not None:
+        command += ["--resume", str(resume)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    return Run(run_dir, done.returncode, done.stderr, done.stdout)
+
+
+def assert_close(got: dict[int, float], want: dict[int, float], rel: float) -> None:
+    """The same steps, and each loss within `rel` of the other (0: bit-equal)."""
+    assert sorted(got) == sorted(want)
+    far = {s: (got[s], want[s]) for s in want if not math.isclose(got[s], want[s], rel_tol=rel, abs_tol=0.0)}
+    assert not far, f"losses differ beyond rel {rel} at steps (got, want): {far}"
+
+
+def straight(runs, mode: str) -> Run:  # type: ignore[no-untyped-def]
+    """The uninterrupted 2-rank run (batch 1 per rank) that the other runs are compared with."""
+    return runs(f"straight-2x1-{mode}", ranks=2, batch=1, mode=mode)
+
+
+def stopped(runs, mode: str) -> Run:  # type: ignore[no-untyped-def]
+    """The same run on 2 ranks, stopped (and checkpointed) after STOP_AT steps."""
+    return runs(f"stopped-2x1-{mode}", ranks=2, batch=1, mode=mode, stop_after=STOP_AT)
+
+
+# -- 1. two processes vs one at the same global batch ---------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_two_ranks_match_one_process_at_the_same_global_batch(runs, mode: str) -> None:  # type: ignore[no-untyped-def]
+    one = runs(f"one-1x2-{mode}", ranks=1, batch=2, mode=mode)
+    two = straight(runs, mode)
+    assert sorted(two.losses()) == list(range(1, STEPS + 1))
+    assert_close(two.losses(), one.losses(), REL)
+    assert all(math.isfinite(v) for v in two.losses().values())
+
+    # Sharding: each of the 2 ranks holds about half of the parameter bytes; the one process holds them all.
+    (world, alone, whole), = one.holds().values()  # fmt: skip
+    assert world == 1 and alone == whole
+    held = two.holds()
+    assert sorted(held) == [0, 1]
+    rounding = 0.01  # the report prints MiB with 2 decimals
+    for rank, (world, mib, total) in held.items():
+        assert world == 2
+        assert math.isclose(total, whole, abs_tol=rounding)
+        assert abs(mib - total / 2) <= 0.1 * total / 2 + rounding, f"rank {rank} holds {mib} of {total} MiB"
+    assert math.isclose(sum(mib for _, mib, _ in held.values()), whole, rel_tol=0.05, abs_tol=2 * rounding)
+
+
+# -- 2. torchrun trains and resumes ---------------------------------------------------------------------
+
+
+def test_torchrun_resumes_exactly(runs) -> None:  # type: ignore[no-untyped-def]
+    first = stopped(runs, "full")
+    assert sorted(first.losses()) == list(range(1, STOP_AT + 1))
+    checkpoints = first.run_dir / "checkpoints"
+    assert (checkpoints / "latest").read_text().strip() == f"step-{STOP_AT:08d}"
+    meta = json.loads((checkpoints / f"step-{STOP_AT:08d}" / "meta.json").read_text())
+    assert (meta["step"], meta["world_size"], meta["global_batch"]) == (STOP_AT, 2, 2)
+
+    # Resume into the same run directory (checkpoint.resume = "auto"), here with a copy of it so the
+    # stopped run stays at step STOP_AT for the next test.
+    resumed_dir = first.run_dir.parent / "resumed-2x1-full"
+    shutil.copytree(first.run_dir, resumed_dir)
+    resumed = runs("resumed-2x1-full", ranks=2, batch=1, mode="full")
+    assert resumed.run_dir == resumed_dir
+    own = resumed_dir / "checkpoints" / f"step-{STOP_AT:08d}"  # the copy's checkpoint, found by resume = "auto"
+    assert f"resumed from {own} at step {STOP_AT}" in resumed.stderr
+    want = straight(runs, "full").losses()
+    # metrics.jsonl is appended to: steps 1..STOP_AT from the first invocation, the rest from the second
+    assert_close(resumed.losses(), want, 0.0)  # same layout, same arithmetic: bit-equal
+    assert (resumed_dir / "checkpoints" / "latest").read_text().strip() == f"step-{STEPS:08d}"
+
+
+# -- 3. N ranks -> M ranks ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_a_two_rank_checkpoint_resumes_on_one_rank(runs, mode: str) -> None:  # type: ignore[no-untyped-def]
+    checkpoint = stopped(runs, mode).run_dir / "checkpoints" / f"step-{STOP_AT:08d}"
+    one = runs(f"resharded-1x2-{mode}", ranks=1, batch=2, mode=mode, resume=checkpoint)
+    assert f"resumed from {checkpoint} at step {STOP_AT}" in one.stderr
+    want = {s: v for s, v in straight(runs, mode).losses().items() if s > STOP_AT}
+    assert_close(one.losses(), want, REL)
+    meta = json.loads((one.run_dir / "checkpoints" / f"step-{STEPS:08d}" / "meta.json").read_text())
+    assert (meta["world_size"], meta["global_batch"]) == (1, 2)
+
+
+def test_a_different_global_batch_is_refused_on_resume(runs) -> None:  # type: ignore[no-untyped-def]
+    checkpoint = stopped(runs, "full").run_dir / "checkpoints" / f"step-{STOP_AT:08d}"
+    refused = runs("resharded-1x1-full", ranks=1, batch=1, mode="full", resume=checkpoint, check=False)
+    assert refused.returncode == 2, refused.stderr[-3000:]  # a user error, not a traceback
+    assert "global batch" in refused.stderr and not (refused.run_dir / "checkpoints").exists()
+
+
+# -- 4. HSDP --------------------------------------------------------------------------------------------
+
+
+def test_hsdp_trains_and_matches_plain_sharding(runs) -> None:  # type: ignore[no-untyped-def]
+    hsdp = runs("hsdp-2x1-full", ranks=2, batch=1, mode="full", sets=["parallel.replicate=2"])
+    losses = hsdp.losses()
+    assert all(math.isfinite(v) for v in losses.values())
+    assert_close(losses, straight(runs, "full").losses(), REL)
+    assert (hsdp.run_dir / "checkpoints" / f"step-{STEPS:08d}" / "meta.json").exists()
+    # a (replicate 2, shard 1) mesh: each rank is a whole replica
+    for world, mib, total in hsdp.holds().values():
+        assert world == 2 and mib == total
