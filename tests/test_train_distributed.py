@@ -4,12 +4,13 @@
   equal per-step losses within fp32 tolerance, and each rank holds about half the parameter bytes.
 - torchrun trains and resumes: stop after k steps (checkpointed), resume (auto) to N; the losses after k
   equal the uninterrupted run's.
-- A checkpoint saved by 2 ranks resumes on 1 rank at the same global batch (DCP reshards it).
+- A checkpoint saved by 2 ranks resumes on 1 rank at the same global batch (DCP reshards it); another
+  global batch, or the same one split otherwise (grad_accum), is refused rather than continued wrongly.
 - HSDP (`parallel.replicate = 2`) trains, checkpoints, and matches the plain 2-rank run.
 
 Every run is a subprocess (`python -m torch.distributed.run --standalone --nproc-per-node 2 -m ltxc run
 train ...`, or plain `python -m ltxc run train ...` for one process) on one shared cache of the tiny spec;
-runs that several tests compare against are made once per module. About a minute and a half on 2 cores:
+runs that several tests compare against are made once per module. One to two and a half minutes on 2 cores:
 
     pytest -q -m slow tests/test_train_distributed.py
 """
@@ -234,6 +235,18 @@ def test_a_different_global_batch_is_refused_on_resume(runs) -> None:  # type: i
     refused = runs("resharded-1x1-full", ranks=1, batch=1, mode="full", resume=checkpoint, check=False)
     assert refused.returncode == 2, refused.stderr[-3000:]  # a user error, not a traceback
     assert "global batch" in refused.stderr and not (refused.run_dir / "checkpoints").exists()
+
+
+def test_a_resume_with_the_same_global_batch_split_otherwise_continues_exactly_or_is_refused(runs) -> None:  # type: ignore[no-untyped-def]
+    # 2 ranks x batch 1 -> 1 rank x batch 1 x grad_accum 2: the same samples per step, cut into batches otherwise
+    checkpoint = stopped(runs, "full").run_dir / "checkpoints" / f"step-{STOP_AT:08d}"
+    run = runs("resharded-1x1x2-full", ranks=1, batch=1, mode="full", sets=["train.grad_accum=2"],
+               resume=checkpoint, check=False)  # fmt: skip
+    if run.returncode == 0:
+        want = {s: v for s, v in straight(runs, "full").losses().items() if s > STOP_AT}
+        assert_close(run.losses(), want, REL)
+    else:
+        assert run.returncode == 2 and "grad_accum" in run.stderr, run.stderr[-3000:]
 
 
 # -- 4. HSDP --------------------------------------------------------------------------------------------

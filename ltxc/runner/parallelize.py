@@ -59,6 +59,10 @@ def parallelize(
     if activation_checkpointing:
         for block in blocks:
             checkpoint_block(block)
+    if mesh.size() == 1 and param_dtype is None:
+        # One process in full precision: sharding over a group of one only adds copies (all-gather in,
+        # reduce-scatter out) to every block, every step. Checkpoints (DCP) reshard either way.
+        return model
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
     for block in blocks:
         fully_shard(block, mesh=mesh, **({"mp_policy": mixed} if mixed else {}))

@@ -188,11 +188,13 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
         start = int(meta["step"])
         saved_batch = meta.get("global_batch")
         now_batch = settings.batch_size * settings.grad_accum * info.world_size
-        if saved_batch is not None and int(saved_batch) != now_batch:
+        saved_accum = int(meta.get("grad_accum", settings.grad_accum))  # the sampler cuts batch size x ranks
+        if (saved_batch is not None and int(saved_batch) != now_batch) or saved_accum != settings.grad_accum:
             raise UserError(
-                f"{resume_from} was trained with a global batch of {saved_batch} (batch size x grad_accum x ranks), "
-                f"this run has {now_batch}: the data order would not continue; keep the global batch (e.g. 2 ranks "
-                "x batch 1 = 1 rank x batch 2) or start a new run with --resume never"
+                f"{resume_from} was trained with a global batch of {saved_batch} (batch size x grad_accum x ranks, "
+                f"grad_accum {saved_accum}), this run has {now_batch} (grad_accum {settings.grad_accum}): the data "
+                "order would not continue; keep batch size x ranks and train.grad_accum (e.g. 2 ranks x batch 1 = "
+                "1 rank x batch 2) or start a new run with --resume never"
             )
         if info.is_main:
             print(f"resumed from {resume_from} at step {start}", file=sys.stderr)
@@ -347,6 +349,7 @@ def _save(
     info: Distributed, total: int,
 ) -> Path:  # fmt: skip
     meta = {"total_steps": total, "mode": settings.mode, "seed": settings.seed,
-            "global_batch": settings.batch_size * settings.grad_accum * info.world_size}  # fmt: skip
+            "global_batch": settings.batch_size * settings.grad_accum * info.world_size,
+            "grad_accum": settings.grad_accum}  # fmt: skip
     return save_checkpoint(settings.run_dir, step, model, optimizer, scheduler, meta, keep=settings.keep,
                            trainable_only=trainable_only, dist_info=info)  # fmt: skip
