@@ -97,7 +97,10 @@ def plan_for(checkpoint: Path | None, plan_path: Path | None) -> Plan:
 
 
 def cache_distances(latents: torch.Tensor, cache_dir: Path, prompt: str) -> list[tuple[float, str, bool]]:
-    """Mean squared distance from generated latents to every cached sample of the same shape (closest first)."""
+    """Mean squared distance from generated latents to every cached sample of the same shape (closest first).
+
+    Each row is (distance, caption, caption == prompt).
+    """
     from ltxc.data.dataset import CacheDataset
 
     dataset = CacheDataset(cache_dir)
@@ -108,6 +111,30 @@ def cache_distances(latents: torch.Tensor, cache_dir: Path, prompt: str) -> list
         cached = dataset[index]["latents"]
         rows.append((float(((latents - cached) ** 2).mean()), record["caption"], record["caption"] == prompt))
     return sorted(rows)
+
+
+def format_distances(rows: Sequence[tuple[float, str, bool]]) -> list[str]:
+    """The `--compare-cache` report: the ranked distances, then where the prompt's own sample ranks.
+
+    The verdict is scale-free: the rank of the closest sample with the prompt's caption, and how much farther
+    the closest sample with another caption is (nearest other / matching; > 1 means the caption's own clip is
+    the nearest).
+    """
+    lines = [f"latent distance (mean squared) to the {len(rows)} cached samples of this shape, closest first "
+             "(* = this caption):"]  # fmt: skip
+    lines += [f"  {rank:2d}. {distance:9.4f}  {'*' if same else ' '} {caption}"
+              for rank, (distance, caption, same) in enumerate(rows, start=1)]  # fmt: skip
+    matching = [(rank, distance) for rank, (distance, _, same) in enumerate(rows, start=1) if same]
+    others = [distance for distance, _, same in rows if not same]
+    if not matching:
+        lines.append("no cached sample of this shape has this caption: nothing to compare with")
+    else:
+        rank, distance = matching[0]
+        verdict = f"this caption's sample: rank {rank} of {len(rows)}"
+        if others:
+            verdict += f"; nearest other / matching = {others[0] / max(distance, 1e-12):.2f}"
+        lines.append(verdict)
+    return lines
 
 
 def output_paths(output: Path, count: int) -> list[Path]:
@@ -158,9 +185,8 @@ def run_generate(
               f"seed {seed}): {prompt!r}")  # fmt: skip
         if compare_cache is not None:
             rows = cache_distances(result.latents[0].cpu(), compare_cache, prompt)
-            print(f"latent distance to the cached samples of the same shape ({len(rows)}), closest first:")
-            for distance, caption, same in rows:
-                print(f"  {distance:9.4f}  {'*' if same else ' '} {caption}")
-            if not rows:
-                print("  (no cached sample has this latent shape)", file=sys.stderr)
+            if rows:
+                print("\n".join(format_distances(rows)))
+            else:
+                print(f"no cached sample has this latent shape {list(result.latents.shape[1:])}", file=sys.stderr)
     return 0

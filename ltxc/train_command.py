@@ -16,7 +16,10 @@ from ltxc.runner.validation import ValidationSettings
 from ltxc.spec.errors import UserError
 from ltxc.spec.run import SYNTHETIC_MEDIA, RunConfig, load_run_config, run_config_to_dict
 
-SAMPLE_CLIPS, SAMPLE_IMAGES = 12, 4  # the embedded default's synthetic set: small enough for a CPU
+# The embedded default's synthetic set: 4 clips that differ in colour, background and direction (so each caption
+# names one clip), all stored at the tiny spec's sampler size (96x64: one bucket, the shape `ltxc run generate`
+# samples by default), so the demo can check that generating a training caption lands on that caption's clip.
+SAMPLE_CLIPS, SAMPLE_IMAGES, SAMPLE_SIZE = 4, 0, (96, 64)
 
 
 def settings_from(config: RunConfig, plan_lora: tuple[int, float], *, resume: str | None, device: str | None,
@@ -127,7 +130,9 @@ def _fill_cache(plan, run_config: RunConfig, settings: TrainSettings, is_main: b
         folder = settings.run_dir / "media"
         if is_main and not folder.exists():
             print(f"making the synthetic sample set in {folder}", file=sys.stderr)
-            make_sample_dataset(folder, clips=SAMPLE_CLIPS, images=SAMPLE_IMAGES, seed=0)
+            make_sample_dataset(
+                folder, clips=SAMPLE_CLIPS, images=SAMPLE_IMAGES, seed=0, distinct=True, size=SAMPLE_SIZE
+            )
         barrier()
     if is_main:
         print(f"preprocessing {folder} into {settings.cache}", file=sys.stderr)

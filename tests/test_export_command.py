@@ -23,6 +23,7 @@ def test_export_any_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, out, err = run_cli(
         capsys, "run", "train", "--set", "run.output=runs/r", "--set", "train.steps=4",
         "--set", "checkpoint.every=2", "--set", "checkpoint.keep=0", "--set", "log.progress=false",
+        "--set", "train.mode=lora",  # the embedded default is a full fine-tune; this checks LoRA exports
     )  # fmt: skip
     assert code == 0, err
     assert sorted(p.name for p in (run / "checkpoints").glob("step-*")) == ["step-00000002", "step-00000004"]

@@ -33,7 +33,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         code = main(["run", "train", "--set", f"run.output={run}", "--set", "train.steps=4",
                      "--set", "log.progress=false", "--set", f"validation.prompts=[\"{PROMPT}\"]",
-                     "--set", "train.cfg_dropout=0.0"])  # fmt: skip
+                     "--set", "train.cfg_dropout=0.0", "--set", "train.mode=lora"])  # fmt: skip
     finally:
         os.chdir(before)
     assert code == 0

@@ -125,13 +125,13 @@ def randomise_vae_statistics(vae: torch.nn.Module, seed: int) -> None:
 @pytest.mark.parametrize("scaling_factor", [None, 0.75])
 def test_plan_normaliser_reads_vae_and_matches_diffusers(tmp_path: Path, scaling_factor: float | None) -> None:
     path = TINY_LTX
-    if scaling_factor is not None:  # the VAE config's scaling_factor defaults to 1; make it matter
+    if scaling_factor is not None:  # the tiny spec sets the VAE's scaling_factor to 4; a child overrides it
         path = child_spec(tmp_path, f"[components.vae.config]\nscaling_factor = {scaling_factor}")
     plan = compile_spec(load_spec(path))
     components = plan.components()
     vae = components["vae"]
     randomise_vae_statistics(vae, seed=11)
-    assert vae.config.scaling_factor == (scaling_factor or 1.0)
+    assert vae.config.scaling_factor == (scaling_factor or 4.0)
 
     norm = plan.normaliser(components)
     assert isinstance(norm, MeanStd)

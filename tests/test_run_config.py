@@ -135,12 +135,15 @@ def test_every_example_loads_and_is_commented(name):
 def test_default_toml_is_the_embedded_default():
     from_file = load_run_config(RUNS / "default.toml").value
     assert from_file == load_run_config(None).value
-    # the schema defaults, but for the two keys tuned for the tiny model
+    # the schema defaults, but for the keys tuned for the tiny model's demo (a full fine-tune)
     expected = resolved_defaults("default")
     expected = attrs.evolve(
         expected,
-        train=attrs.evolve(expected.train, steps=400),
-        optimizer=attrs.evolve(expected.optimizer, lr=1e-3),
+        data=attrs.evolve(expected.data, batch_size=4),
+        train=attrs.evolve(expected.train, mode="full", steps=400),
+        optimizer=attrs.evolve(expected.optimizer, lr=4e-3),
+        schedule=attrs.evolve(expected.schedule, kind="cosine"),
+        export=attrs.evolve(expected.export, full=True),  # derived: full fine-tunes export the transformer
     )
     assert from_file == expected
 

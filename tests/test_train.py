@@ -30,7 +30,8 @@ In-process runs share one 1-rank gloo group (made on first use); it is destroyed
 variables restored when the module ends. CLI runs are subprocesses without those variables.
 
 Run: `pytest -q tests/test_train.py` (CPU, tiny random weights, nothing downloaded; ~45 s on 2 cores);
-`pytest -q -m slow tests/test_train.py` for the full embedded default (400 steps).
+`pytest -q -m slow tests/test_train.py` for the full embedded default (400 steps; tests/test_demo.py
+runs the README's demo on it).
 """
 
 from __future__ import annotations
@@ -531,11 +532,8 @@ def test_cli_embedded_default_prints_where_things_are(tmp_path: Path) -> None:
     assert named("checkpoint") == [str(run / "checkpoints" / "step-00000005")]
     assert (tmp_path / run / "checkpoints" / "step-00000005" / "meta.json").is_file()
     exports = dict(item.split(": ", 1) for item in named("export"))
-    assert exports == {
-        "lora_diffusers": str(run / "export" / "lora" / "pytorch_lora_weights.safetensors"),
-        "lora_comfyui": str(run / "export" / "lora" / "comfyui_lora.safetensors"),
-    }
-    assert all((tmp_path / path).is_file() for path in exports.values())
+    assert exports == {"transformer": str(run / "export" / "transformer")}  # the default is a full fine-tune
+    assert (tmp_path / exports["transformer"] / "config.json").is_file()
     assert named("loss curve") == [str(run / "loss.png")]
     assert (tmp_path / run / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
     assert named("steps")[0].startswith("5 this run") and "->" in named("loss  ")[0]

@@ -253,22 +253,44 @@ def _article(word: str) -> str:
 
 
 def make_sample_dataset(
-    directory: str | os.PathLike[str], clips: int = 16, images: int = 4, seed: int = 0
+    directory: str | os.PathLike[str],
+    clips: int = 16,
+    images: int = 4,
+    seed: int = 0,
+    *,
+    distinct: bool = False,
+    size: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Write `clips` mp4 clips and `images` png/jpg images, each with a sidecar .txt caption; deterministic in `seed`.
 
     Clips vary in fps (24/25/30), size and aspect (160x96 to 320x240, some portrait) and length (0.5-3 s).
+    Colour, background and direction are drawn independently, so captions can repeat.
+
+    `distinct=True`: no two samples share a colour, a background or a direction (so at most 4 samples), so
+    every caption names one sample and the samples look as different as the palette allows: what a
+    caption -> clip memorisation check needs. `size=(w, h)` gives every sample that stored size (one
+    resolution bucket) instead of drawing it. Without them, the output is what it always was for a seed.
     Returns the media paths, sorted.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    if distinct:
+        limit = min(len(COLORS), len(BACKGROUNDS), len(DIRECTIONS))
+        if clips + images > limit:
+            raise ValueError(f"distinct=True makes at most {limit} samples, got {clips} clips + {images} images")
+        # one shuffled deck per attribute, dealt without replacement
+        decks = [rng.permutation(list(values)) for values in (COLORS, BACKGROUNDS, DIRECTIONS)]
     written = []
     for number in range(clips + images):
-        color = str(rng.choice(list(COLORS)))
-        background = str(rng.choice(list(BACKGROUNDS)))
-        direction = str(rng.choice(DIRECTIONS))
-        size = SIZES[int(rng.integers(len(SIZES)))]
+        if distinct:
+            color, background, direction = (str(deck[number]) for deck in decks)
+        else:
+            color = str(rng.choice(list(COLORS)))
+            background = str(rng.choice(list(BACKGROUNDS)))
+            direction = str(rng.choice(DIRECTIONS))
+        drawn = SIZES[int(rng.integers(len(SIZES)))]  # drawn even when `size` is given: the same draws follow
+        stored = size or drawn
 
         def draw(
             index: int,
@@ -286,12 +308,12 @@ def make_sample_dataset(
             fps = int(rng.choice([24, 25, 30]))
             seconds = round(float(rng.uniform(0.5, 3.0)), 1)
             path = write_video(
-                directory / f"clip_{number:03d}.mp4", frames=round(seconds * fps), fps=fps, size=size, draw=draw
+                directory / f"clip_{number:03d}.mp4", frames=round(seconds * fps), fps=fps, size=stored, draw=draw
             )
             caption = f"{_article(color)} {color} square moving {direction} on a {background} background"
         else:
             extension = ".png" if number % 2 == 0 else ".jpg"
-            path = write_image(directory / f"image_{number - clips:03d}{extension}", number, size, draw=draw)
+            path = write_image(directory / f"image_{number - clips:03d}{extension}", number, stored, draw=draw)
             caption = f"{_article(color)} {color} square on a {background} background"
         path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
         written.append(path)
