@@ -1,20 +1,25 @@
 """The adapter: a cached batch + noise level -> the transformer's keyword arguments, and back.
 
 The same compiled `[transformer.call]` mapping serves training and sampling, so the two can never see
-different RoPE scaling, timestep scale or packing.
+different RoPE scaling, timestep scale or packing. The names it may read differ in only two places, both
+stated in the spec: `timestep` (the scheduler's own when sampling) and `training`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ltxc.plan import Plan
+from ltxc.spec.expr import Expr
+
+Text = Mapping[str, torch.Tensor]
 
 
 class Adapter:
-    """Builds transformer inputs from latents [B, C, F, H, W], σ [B] and text; unpacks the prediction."""
+    """Builds transformer inputs from latents [B, C, F, H, W], σ [B] and text; unpacks the predictions."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
@@ -24,24 +29,33 @@ class Adapter:
         self,
         latents: torch.Tensor,
         sigma: torch.Tensor,
-        text_embeds: torch.Tensor,
-        text_mask: torch.Tensor,
+        text: Text,
         fps: float,
-        text_pooled: torch.Tensor | None = None,
+        *,
+        timestep: torch.Tensor | None = None,
+        streams: Mapping[str, torch.Tensor] | None = None,
+        training: bool = True,
         compute_dtype: torch.dtype | None = None,
     ) -> dict[str, Any]:
-        """The names a call expression may read, for this batch."""
+        """The names a call expression may read, for this batch.
+
+        `timestep` defaults to the spec's `[flow] timestep` of σ; a stream not given gets its zero dummy.
+        """
         b, _, f, h, w = latents.shape
         if compute_dtype is not None:  # σ stays float32: a bf16 timestep rounds 512..1024 to steps of 4
-            latents, text_embeds = latents.to(compute_dtype), text_embeds.to(compute_dtype)
+            latents = latents.to(compute_dtype)
+            text = {k: v.to(compute_dtype) if v.is_floating_point() else v for k, v in text.items()}
+        sigma = sigma.to(torch.float32)
+        if timestep is None:
+            timestep = self.plan.timestep({**self.plan.constants, "sigma": sigma})
         s = self.geometry.spatial_compression
-        return {
+        env: dict[str, Any] = {
             **self.plan.constants,
             "latents": self.geometry.pack(latents),
-            "sigma": sigma.to(torch.float32),
-            "text.embeds": text_embeds,
-            "text.mask": text_mask,
-            "text.pooled": text_pooled,
+            "sigma": sigma,
+            "timestep": timestep,
+            "training": training,
+            **{f"text.{name}": text.get(name) for name in self.plan.text_names},
             "latent.frames": f,
             "latent.height": h,
             "latent.width": w,
@@ -51,27 +65,55 @@ class Adapter:
             "fps": float(fps),
             "batch_size": b,
         }
+        given = streams or {}
+        for name in self.plan.streams:
+            value = given.get(name)
+            if value is None:
+                value = self.dummy_stream(name, env, latents)
+            env[f"{name}.latents"] = value.to(latents.dtype)
+        return env
 
-    def model_kwargs(self, env: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate the call mapping."""
-        return {key: expr(env) for key, expr in self.plan.call.items()}
+    def dummy_stream(self, name: str, env: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:
+        """The zero input a stream gets in training, in the transformer's layout."""
+        stream = self.plan.streams[name]
+        shape = [int(n) for n in stream.dummy(env)]
+        zeros = torch.zeros((env["batch_size"], *shape), dtype=like.dtype, device=like.device)
+        return stream.pack({"x": zeros})
+
+    def noise_shape(self, name: str, env: Mapping[str, Any]) -> list[int]:
+        """A stream's per-sample noise shape when it is sampled jointly."""
+        return [int(n) for n in self.plan.streams[name].noise(env)]
+
+    def model_kwargs(self, env: Mapping[str, Any], overrides: Mapping[str, Expr] | None = None) -> dict[str, Any]:
+        """Evaluate the call mapping (with a perturbation's overrides, if any)."""
+        calls = {**self.plan.call, **(overrides or {})}
+        return {key: expr(env) for key, expr in calls.items()}
+
+    def outputs(
+        self,
+        transformer: torch.nn.Module,
+        env: Mapping[str, Any],
+        overrides: Mapping[str, Expr] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run the transformer: (video prediction float32 [B, C, F, H, W], {stream: prediction float32})."""
+        result = transformer(**self.model_kwargs(env, overrides), return_dict=False)
+        video = result[self.plan.spec.transformer.output]
+        f, h, w = env["latent.frames"], env["latent.height"], env["latent.width"]
+        streams = {name: result[s.output].to(torch.float32) for name, s in self.plan.streams.items()}
+        return self.geometry.unpack(video, f, h, w).to(torch.float32), streams
 
     def predict(
         self,
         transformer: torch.nn.Module,
         latents: torch.Tensor,
         sigma: torch.Tensor,
-        text_embeds: torch.Tensor,
-        text_mask: torch.Tensor,
+        text: Text,
         fps: float,
-        text_pooled: torch.Tensor | None = None,
         compute_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Run the transformer; return its prediction as float32 [B, C, F, H, W]."""
-        env = self.environment(latents, sigma, text_embeds, text_mask, fps, text_pooled, compute_dtype)
-        output = transformer(**self.model_kwargs(env), return_dict=False)[self.plan.spec.transformer.output]
-        _, _, f, h, w = latents.shape
-        return self.geometry.unpack(output, f, h, w).to(torch.float32)
+        """Training's call: the video prediction as float32 [B, C, F, H, W] (streams get their dummies)."""
+        env = self.environment(latents, sigma, text, fps, compute_dtype=compute_dtype)
+        return self.outputs(transformer, env)[0]
 
 
 def dropout_decisions(generators: list[torch.Generator], probability: float) -> torch.Tensor:
@@ -79,20 +121,15 @@ def dropout_decisions(generators: list[torch.Generator], probability: float) -> 
     return torch.tensor([torch.rand((), generator=g).item() < probability for g in generators], dtype=torch.bool)
 
 
-def cfg_dropout(
-    text_embeds: torch.Tensor,
-    text_mask: torch.Tensor,
-    null_embeds: torch.Tensor,
-    null_mask: torch.Tensor,
-    drop: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace the text of the samples where `drop` [B] is true by the cached null conditioning.
+def cfg_dropout(text: Text, null: Text, drop: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Replace every text tensor of the samples where `drop` [B] is true by the cached null conditioning.
 
     Per sample, with the same "no text" the sampler uses for the negative branch — not one coin flip for
     the batch, and not zeroed embeddings.
     """
     keep = ~drop.to(torch.bool)
-    shape = (-1,) + (1,) * (text_embeds.ndim - 1)
-    embeds = torch.where(keep.view(shape), text_embeds, null_embeds.to(text_embeds).expand_as(text_embeds))
-    mask = torch.where(keep.view(-1, 1), text_mask, null_mask.to(text_mask).expand_as(text_mask))
-    return embeds, mask
+    out = {}
+    for name, tensor in text.items():
+        shape = (-1,) + (1,) * (tensor.ndim - 1)
+        out[name] = torch.where(keep.view(shape), tensor, null[name].to(tensor).expand_as(tensor))
+    return out

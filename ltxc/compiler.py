@@ -23,21 +23,21 @@ from ltxc.components import (
 from ltxc.components import unknown_config_keys as _unknown_config_keys
 from ltxc.geometry import FrameRule, Geometry
 from ltxc.ops import op_table
-from ltxc.plan import PLAN_FORMAT, Plan
+from ltxc.plan import PLAN_FORMAT, CompiledPerturbation, CompiledStream, Plan
 from ltxc.spec import Loaded, Locator, SpecError, UserError, spec_from_dict, spec_to_dict
 from ltxc.spec.errors import Problem
 from ltxc.spec.expr import Expr, ExprError, compile_expr
 from ltxc.spec.load import validate_data
 from ltxc.spec.types import Component, MeanStd, ShiftScale, Spec
 
-# Names a `[transformer.call]` expression may read (besides the geometry numbers below).
+# Names a `[transformer.call]` expression may read (besides the geometry numbers, the text outputs and the
+# streams, which depend on the spec).
 CALL_NAMES = frozenset(
     {
         "latents",
         "sigma",
-        "text.embeds",
-        "text.mask",
-        "text.pooled",
+        "timestep",
+        "training",
         "latent.frames",
         "latent.height",
         "latent.width",
@@ -49,6 +49,24 @@ CALL_NAMES = frozenset(
     }
 )
 LOSS_WEIGHT_NAMES = frozenset({"sigma"})
+STAGE_NAMES = frozenset({"text.embeds", "text.mask", "padding_side"})
+REFERENCE_NAMES = frozenset({"guidance", "guidance_rescale", "steps", "fps"})
+RESERVED_STREAM_NAMES = frozenset({"text", "latent", "pixel", "latents", "sigma", "timestep", "x"})
+
+
+def text_names(spec: Spec) -> tuple[str, ...]:
+    """The text conditioning's tensor names: embeds and mask, plus any `[text.stage]` outputs."""
+    names = ["embeds", "mask"]
+    if spec.text.stage is not None:
+        names += [n for n in spec.text.stage.outputs if n not in names]
+    return tuple(names)
+
+
+def call_names(spec: Spec, numbers: Mapping[str, int]) -> frozenset[str]:
+    """Every name a `[transformer.call]` expression of this spec may read."""
+    text = {f"text.{name}" for name in text_names(spec)}
+    streams = {f"{name}.latents" for name in spec.streams}
+    return CALL_NAMES | text | streams | numbers.keys()
 
 
 def geometry_numbers(geometry: Geometry) -> dict[str, int]:
@@ -83,16 +101,22 @@ def compile_spec(loaded: Loaded) -> Plan:
     _check_normaliser(spec, locator, problems)
     numbers = geometry_numbers(geometry)
     ops = op_table(geometry)
-    call = _expressions(
-        spec.transformer.call, ("transformer", "call"), CALL_NAMES | numbers.keys(), ops, locator, problems
-    )
+    names = call_names(spec, numbers)
+    call = _expressions(spec.transformer.call, ("transformer", "call"), names, ops, locator, problems)
     weight = _expressions(
-        {"loss_weight": spec.flow.loss_weight},
+        {"loss_weight": spec.flow.loss_weight, "timestep": spec.flow.timestep},
         ("flow",),
         LOSS_WEIGHT_NAMES | numbers.keys(),
         ops,
         locator,
         problems,
+    )
+    stage = _stage(spec, ops, locator, problems)
+    streams = _streams(spec, names, ops, locator, problems)
+    perturbations = _perturbations(spec, names, ops, locator, problems)
+    reference_names = REFERENCE_NAMES | {p.name for p in spec.sampler.perturbations}
+    reference_args = _expressions(
+        spec.model.reference_args, ("model", "reference_args"), reference_names, ops, locator, problems
     )
     if spec.model.reference:
         _check_reference(spec.model.reference, locator, problems)
@@ -110,6 +134,12 @@ def compile_spec(loaded: Loaded) -> Plan:
         call=call,
         loss_weight=weight["loss_weight"],
         constants=numbers,
+        timestep=weight["timestep"],
+        text_names=text_names(spec),
+        text_stage=stage,
+        streams=streams,
+        perturbations=perturbations,
+        reference_args=reference_args,
     )
 
 
@@ -270,11 +300,75 @@ def _check_roles(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
         ("transformer", "component"): spec.transformer.component,
         ("sampler", "scheduler"): spec.sampler.scheduler,
     }
+    if spec.text.stage is not None:
+        roles[("text", "stage", "component")] = spec.text.stage.component
     for path, role in roles.items():
         if role not in spec.components:
             problems.append(
                 locator.problem(path, f"no [components.{role}] in this spec (it has: {', '.join(spec.components)})")
             )
+
+
+def _stage(
+    spec: Spec, ops: Mapping[str, Callable[..., Any]], locator: Locator, problems: list[Problem]
+) -> dict[str, Expr] | None:
+    stage = spec.text.stage
+    if stage is None:
+        if spec.text.cache == "before_stage":
+            problems.append(locator.problem(("text", "cache"), '"before_stage" needs a [text.stage] table'))
+        return None
+    return _expressions(stage.call, ("text", "stage", "call"), STAGE_NAMES, ops, locator, problems)
+
+
+def _streams(
+    spec: Spec,
+    names: frozenset[str],
+    ops: Mapping[str, Callable[..., Any]],
+    locator: Locator,
+    problems: list[Problem],
+) -> dict[str, CompiledStream]:
+    shape_names = names - {f"{name}.latents" for name in spec.streams}
+    compiled: dict[str, CompiledStream] = {}
+    outputs = {spec.transformer.output: ("transformer", "output")}
+    for name, stream in spec.streams.items():
+        where = ("streams", name)
+        if name in RESERVED_STREAM_NAMES:
+            problems.append(locator.problem(where, f"{name!r} is a reserved name; call the stream something else"))
+            continue
+        if stream.output in outputs:
+            taken = ".".join(outputs[stream.output])
+            problems.append(locator.problem((*where, "output"), f"output {stream.output} is already {taken}"))
+        outputs[stream.output] = (*where, "output")
+        shapes = _expressions(
+            {"noise": stream.noise, "dummy": stream.dummy}, where, shape_names, ops, locator, problems
+        )
+        pack = _expressions({"pack": stream.pack}, where, frozenset({"x"}), ops, locator, problems)
+        if len(shapes) == 2 and pack:
+            compiled[name] = CompiledStream(
+                name, shapes["noise"], shapes["dummy"], pack["pack"], stream.output, stream.sample
+            )
+    return compiled
+
+
+def _perturbations(
+    spec: Spec,
+    names: frozenset[str],
+    ops: Mapping[str, Callable[..., Any]],
+    locator: Locator,
+    problems: list[Problem],
+) -> tuple[CompiledPerturbation, ...]:
+    compiled = []
+    seen: set[str] = set()
+    for index, term in enumerate(spec.sampler.perturbations):
+        where = ("sampler", "perturbations", index)
+        if term.name in seen:
+            problems.append(locator.problem((*where, "name"), f"a perturbation named {term.name!r} comes earlier"))
+        seen.add(term.name)
+        call = _expressions(term.call, (*where, "call"), names, ops, locator, problems)
+        weight = _expressions({"weight": term.weight}, where, frozenset({"scale"}), ops, locator, problems)
+        if "weight" in weight:
+            compiled.append(CompiledPerturbation(term.name, float(term.scale), weight["weight"], call))
+    return tuple(compiled)
 
 
 def _check_normaliser(spec: Spec, locator: Locator, problems: list[Problem]) -> None:

@@ -25,6 +25,50 @@ def _tensor(values: Any, dtype: str = "float32") -> torch.Tensor:
     return torch.tensor(values, dtype=_DTYPES[dtype])
 
 
+def _size(x: torch.Tensor, dim: int) -> int:
+    return int(x.shape[dim])
+
+
+def _transpose(x: torch.Tensor, dim0: int, dim1: int) -> torch.Tensor:
+    return x.transpose(dim0, dim1)
+
+
+def _flatten(x: torch.Tensor, start: int = 0, end: int = -1) -> torch.Tensor:
+    return x.flatten(start, end)
+
+
+def pixel_boxes(
+    geometry: Geometry,
+    like: torch.Tensor,
+    frames: int,
+    height: int,
+    width: int,
+    fps: float,
+    causal_offset: int = 1,
+) -> torch.Tensor:
+    """Each token's [start, end) box in pixel space, float32 [B, 3, tokens, 2] on `like`'s device.
+
+    Axis 1 is (time, row, column). Latent cells are scaled by the compression factors; time is shifted by
+    the causal first frame (a latent frame k > 0 covers pixel frames 8k-7..8k; the first covers frame 0
+    alone), clamped at 0 and divided by `fps`, so positions are in seconds. Tokens run frame-major, then
+    row, then column, as `Geometry.pack` orders them.
+    """
+    pt, ph, pw = geometry.patch
+    device = like.device
+    axes = [
+        torch.arange(0, size, step, dtype=torch.float32, device=device)
+        for size, step in ((frames, pt), (height, ph), (width, pw))
+    ]
+    starts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)  # [3, F', H', W']
+    patch = torch.tensor([pt, ph, pw], dtype=torch.float32, device=device).view(3, 1, 1, 1)
+    boxes = torch.stack([starts, starts + patch], dim=-1).flatten(1, 3)  # [3, tokens, 2]
+    s, t = geometry.spatial_compression, geometry.temporal_compression
+    scale = torch.tensor([t, s, s], dtype=torch.float32, device=device).view(3, 1, 1)
+    boxes = boxes * scale
+    boxes[0] = (boxes[0] + causal_offset - t).clamp(min=0) / fps
+    return boxes.unsqueeze(0).repeat(like.shape[0], 1, 1, 1)
+
+
 def op_table(geometry: Geometry) -> dict[str, Callable[..., Any]]:
     """Every op, bound to a plan's geometry (so `pack` packs the way the spec says)."""
     return {
@@ -39,4 +83,10 @@ def op_table(geometry: Geometry) -> dict[str, Callable[..., Any]]:
         "round": builtins.round,
         "floor": math.floor,
         "ceil": math.ceil,
+        "size": _size,
+        "transpose": _transpose,
+        "flatten": _flatten,
+        "pixel_boxes": lambda like, frames, height, width, fps, causal_offset=1: pixel_boxes(
+            geometry, like, frames, height, width, fps, causal_offset
+        ),
     }

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from attrs import frozen
 
@@ -21,6 +22,28 @@ PLAN_FORMAT = 1
 
 
 @frozen
+class CompiledStream:
+    """A `[streams.<name>]` entry with its expressions compiled."""
+
+    name: str
+    noise: Expr  # per-sample noise shape when sampling jointly
+    dummy: Expr  # per-sample shape of the zero input in training
+    pack: Expr  # `x` as drawn -> the transformer's layout
+    output: int
+    sample: str  # "joint" or "dummy"
+
+
+@frozen
+class CompiledPerturbation:
+    """A `[[sampler.perturbations]]` guidance term with its expressions compiled."""
+
+    name: str
+    scale: float
+    weight: Expr  # of `scale`
+    call: dict[str, Expr]  # transformer keyword overrides for the perturbed pass
+
+
+@frozen
 class Plan:
     """What `ltxc compile` produces and every `ltxc run` command executes."""
 
@@ -33,6 +56,12 @@ class Plan:
     call: dict[str, Expr]  # [transformer.call]: keyword -> compiled expression
     loss_weight: Expr
     constants: dict[str, int]  # geometry numbers every expression may read
+    timestep: Expr  # [flow] timestep: the `timestep` name in training, from sigma
+    text_names: tuple[str, ...] = ("embeds", "mask")  # the text conditioning's tensors
+    text_stage: dict[str, Expr] | None = None  # [text.stage] call mapping
+    streams: dict[str, CompiledStream] = attrs.field(factory=dict)
+    perturbations: tuple[CompiledPerturbation, ...] = ()
+    reference_args: dict[str, Expr] = attrs.field(factory=dict)
 
     @property
     def name(self) -> str:

@@ -6,7 +6,7 @@ transformer is never loaded for preprocessing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +14,7 @@ import torch
 
 from ltxc.components import Components
 from ltxc.plan import Plan
+from ltxc.spec import UserError
 
 
 class Processor:
@@ -27,6 +28,7 @@ class Processor:
         self._vae: Any = None
         self._text: tuple[Any, Any] | None = None
         self._normaliser: Any = None
+        self._stage: Any = None
 
     # -- video -------------------------------------------------------------------------------------
     @property
@@ -68,7 +70,7 @@ class Processor:
             self._normaliser = self.plan.normaliser(self.components)
         return self._normaliser
 
-    # -- text --------------------------------------------------------------------------------------
+    # -- text ------------------------------------------------------------------------------------------
     def _text_modules(self) -> tuple[Any, Any]:
         if self._text is None:
             text = self.spec.text
@@ -79,8 +81,25 @@ class Processor:
         return self._text
 
     @torch.no_grad()
-    def encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions -> (embeddings [B, L, D...], bool mask [B, L]) as the spec's [text] section says."""
+    def encode_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Captions -> the text conditioning the cache stores: named tensors [B, L, ...], on the CPU.
+
+        Always `embeds` and `mask`; with a `[text.stage]` cached after it, the stage's outputs instead.
+        """
+        text = self.encode_captions(captions)
+        if self.spec.text.stage is not None and self.spec.text.cache == "after_stage":
+            text = self.apply_stage(text)
+        return {name: tensor.cpu() for name, tensor in text.items()}
+
+    @torch.no_grad()
+    def conditioning(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Captions -> the text conditioning the transformer sees (the stage applied), on the device."""
+        text = self.encode_captions(captions)
+        return self.apply_stage(text) if self.spec.text.stage is not None else text
+
+    @torch.no_grad()
+    def encode_captions(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenizer and encoder only: {"embeds": [B, L, D...], "mask": bool [B, L]} on the device."""
         text = self.spec.text
         tokenizer, encoder = self._text_modules()
         tokens = tokenizer(
@@ -97,12 +116,48 @@ class Processor:
         output = encoder(
             ids, attention_mask=mask if text.encoder_mask else None, output_hidden_states=stack_all or None
         )
-        embeds = torch.stack(output.hidden_states, dim=-1) if stack_all else output[0]
-        return embeds.cpu(), mask.bool().cpu()
+        # every layer's hidden state on a new last axis, then folded into the features: [B, L, D * layers]
+        embeds = torch.stack(output.hidden_states, dim=-1).flatten(2, 3) if stack_all else output[0]
+        if text.zero_padding:  # for right padding this is "cut to the true length, then zero-pad"
+            embeds = torch.where(mask.bool().unsqueeze(-1), embeds, torch.zeros((), dtype=embeds.dtype))
+        return {"embeds": embeds, "mask": mask.bool()}
 
-    def null_conditioning(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """What "no text" is for CFG dropout: the encoded empty prompt, or zeros with an all-false mask."""
-        embeds, mask = self.encode_text([""])
+    @torch.no_grad()
+    def apply_stage(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run the `[text.stage]` module on encoder output; its outputs replace or join the text tensors."""
+        stage, call = self.spec.text.stage, self.plan.text_stage
+        if stage is None or call is None:
+            return dict(text)
+        module = self.stage_module
+        device = next(module.parameters(), torch.empty(0)).device
+        # the stage sees the mask as the tokenizer returns it (integers), as the reference pipelines pass it
+        env = {
+            "text.embeds": text["embeds"].to(device),
+            "text.mask": text["mask"].to(device).long(),
+            "padding_side": self.spec.text.padding_side,
+        }
+        outputs = module(**{key: expr(env) for key, expr in call.items()})
+        if isinstance(outputs, torch.Tensor):
+            outputs = (outputs,)
+        if len(outputs) < len(stage.outputs):
+            raise UserError(
+                f"[text.stage] names {len(stage.outputs)} outputs but {type(module).__name__} returned {len(outputs)}"
+            )
+        return {**text, **dict(zip(stage.outputs, outputs, strict=False))}
+
+    @property
+    def stage_module(self) -> Any:
+        """The `[text.stage]` module, on the processor's device."""
+        if self._stage is None:
+            stage = self.spec.text.stage
+            if stage is None:
+                raise UserError("the spec has no [text.stage]")
+            self._stage = self.components[stage.component].to(self.device)
+        return self._stage
+
+    def null_conditioning(self) -> dict[str, torch.Tensor]:
+        """What "no text" is for CFG dropout: the encoded empty prompt, or zeros (and all-false masks)."""
+        text = self.encode_text([""])
         if self.spec.text.null_conditioning == "zeros":
-            return torch.zeros_like(embeds), torch.zeros_like(mask)
-        return embeds, mask
+            return {name: torch.zeros_like(tensor) for name, tensor in text.items()}
+        return text

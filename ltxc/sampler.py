@@ -8,6 +8,7 @@ the same generator after the initial noise.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import sys
 from collections.abc import Mapping, Sequence
@@ -127,10 +128,12 @@ class Sampler:
         negative = (s.negative_prompt if negative_prompt is None else negative_prompt) if cfg else None
 
         batch = len(prompts)
-        embeds, mask = self._encode(list(prompts))
+        text = self._encode(list(prompts))
         if negative is not None:  # one batch, negative branch first, as the reference pipelines run it
-            neg_embeds, neg_mask = self._encode([negative] * batch)
-            embeds, mask = torch.cat([neg_embeds, embeds]), torch.cat([neg_mask, mask])
+            negative_text = self._encode([negative] * batch)
+            both = {name: torch.cat([negative_text[name], text[name]]) for name in text}
+        else:
+            both = text
 
         generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
         latents = randn_tensor(
@@ -140,26 +143,73 @@ class Sampler:
             dtype=torch.float32,
         )
         timesteps, sigmas = self._schedule(steps, shape)
+        # other streams (e.g. audio) sampled jointly: noise drawn after the video's, in name order, each
+        # stepped by its own copy of the scheduler as the reference pipelines do
+        probe = self.adapter.environment(latents, sigmas[:1].expand(batch), text, fps, training=False)
+        streams: dict[str, Tensor] = {}
+        stream_schedulers: dict[str, Any] = {}
+        for name in sorted(self.plan.streams):
+            spec = self.plan.streams[name]
+            if spec.sample != "joint":
+                continue
+            noise_shape = (batch, *self.adapter.noise_shape(name, probe))
+            noise = randn_tensor(noise_shape, generator=generator, device=self.device, dtype=torch.float32)
+            streams[name] = spec.pack({"x": noise})
+            stream_schedulers[name] = copy.deepcopy(self.scheduler)
 
         transformer, scheduler = self.transformer, self.scheduler
         # the pipelines cast latents and text to the model's dtype; a sharded model computes in its
         # mixed-precision dtype, which its (fp32 master) parameters don't show, so the runner passes it
         dtype = self.compute_dtype or next(transformer.parameters()).dtype
+        guide = _Guide(self.plan, guidance, rescale, cfg)
         was_training = transformer.training
         transformer.eval()  # a live training model may come in training mode; it goes back to it below
         bar = tqdm(total=len(timesteps), desc="sample", unit="step", file=sys.stderr, disable=not progress)
         try:
             for i, t in enumerate(timesteps):
-                model_input = torch.cat([latents, latents]) if cfg else latents
-                # σ, not t: the call mapping turns it into the model's timestep (σ·1000 reproduces t bit for bit)
-                sigma = sigmas[i].expand(model_input.shape[0])
-                prediction = self.adapter.predict(transformer, model_input, sigma, embeds, mask, fps, None, dtype)
-                if cfg:
-                    uncond, cond = prediction.chunk(2)
-                    prediction = uncond + guidance * (cond - uncond)
-                    if rescale > 0:
-                        prediction = _rescale(prediction, cond, rescale)
-                latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+                current = {"": latents, **streams}
+                repeat = 2 if cfg else 1
+                inputs = {name: torch.cat([x] * repeat) for name, x in current.items()}
+                size = batch * repeat
+                # σ and the scheduler's own timestep: the call mapping picks what the model takes
+                env = self.adapter.environment(
+                    inputs.pop(""),
+                    sigmas[i].expand(size),
+                    both,
+                    fps,
+                    timestep=t.expand(size),
+                    streams=inputs,
+                    training=False,
+                    compute_dtype=dtype,
+                )
+                video, others = self.adapter.outputs(transformer, env)
+                predictions = {"": video, **{name: others[name] for name in streams}}
+                perturbed: dict[str, dict[str, Tensor]] = {}
+                if guide.active_terms:
+                    positive = {name: x for name, x in current.items() if name}
+                    env_pos = self.adapter.environment(
+                        latents,
+                        sigmas[i].expand(batch),
+                        text,
+                        fps,
+                        timestep=t.expand(batch),
+                        streams=positive,
+                        training=False,
+                        compute_dtype=dtype,
+                    )
+                    for term in guide.active_terms:
+                        v, o = self.adapter.outputs(transformer, env_pos, term.call)
+                        perturbed[term.name] = {"": v, **{name: o[name] for name in streams}}
+                sigma_i = sigmas[i]
+                for name, x in current.items():
+                    terms = {term: values[name] for term, values in perturbed.items()}
+                    guided = guide(predictions[name], terms, x, sigma_i)
+                    step_scheduler = scheduler if name == "" else stream_schedulers[name]
+                    stepped = step_scheduler.step(guided, t, x, return_dict=False)[0]
+                    if name == "":
+                        latents = stepped
+                    else:
+                        streams[name] = stepped
                 bar.update()
         finally:
             bar.close()
@@ -180,9 +230,8 @@ class Sampler:
             guidance=guidance,
         )
 
-    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        embeds, mask = self.processor.encode_text(prompts)
-        return embeds.to(self.device), mask.to(self.device)
+    def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
+        return {name: t.to(self.device) for name, t in self.processor.conditioning(prompts).items()}
 
     def _schedule(self, steps: int, shape: LatentShape) -> tuple[Tensor, Tensor]:
         """Set the scheduler's timesteps with the spec's σ rule and shift; return (timesteps, σ)."""
@@ -199,6 +248,8 @@ class Sampler:
             # The latent grid's size, as the pipelines count it (before patching).
             kwargs["mu"] = resolution_mu(s.shift, shape.frames * shape.height * shape.width)
         scheduler.set_timesteps(**kwargs)
+        if hasattr(scheduler, "set_begin_index"):  # as the pipelines do: step i is index i, even with repeats
+            scheduler.set_begin_index(0)
         return scheduler.timesteps, scheduler.sigmas
 
     def _decode(self, latents: Tensor, generator: torch.Generator) -> Tensor:
@@ -219,6 +270,40 @@ class Sampler:
             video = vae.decode(z, return_dict=False)[0]
         # [B, 3, F, H, W] in [-1, 1] -> [B, F, H, W, 3] in [0, 1], clamped before the float cast like diffusers
         return (video * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).float().cpu()
+
+
+class _Guide:
+    """Combines one step's predictions as the spec's `[sampler]` says: CFG and perturbation terms."""
+
+    def __init__(self, plan: Plan, guidance: float, rescale: float, cfg: bool) -> None:
+        self.space = plan.spec.sampler.guidance_space
+        self.guidance, self.rescale, self.cfg = guidance, rescale, cfg
+        self.weights = {p.name: float(p.weight({"scale": p.scale})) for p in plan.perturbations}
+        self.active_terms = [p for p in plan.perturbations if self.weights[p.name] != 0]
+
+    def __call__(self, prediction: Tensor, perturbed: Mapping[str, Tensor], sample: Tensor, sigma: Tensor) -> Tensor:
+        """The guided velocity for one stream; `prediction` is [uncond; cond] stacked when CFG runs."""
+        if self.space == "velocity":
+            if self.cfg:
+                uncond, cond = prediction.chunk(2)
+                guided = uncond + self.guidance * (cond - uncond)
+            else:
+                cond = guided = prediction
+            for name, value in perturbed.items():
+                guided = guided + self.weights[name] * (cond - value)
+            return _rescale(guided, cond, self.rescale) if (self.cfg and self.rescale > 0) else guided
+        # "x0": every prediction becomes clean latents x - σ·v, the terms are deltas from the conditional one
+        to_x0 = lambda v: sample - v * sigma  # noqa: E731
+        if self.cfg:
+            uncond, cond = (to_x0(v) for v in prediction.chunk(2))
+            guided = cond + (self.guidance - 1) * (cond - uncond)
+        else:
+            cond = guided = to_x0(prediction)
+        for name, value in perturbed.items():
+            guided = guided + self.weights[name] * (cond - to_x0(value))
+        if self.rescale > 0:
+            guided = _rescale(guided, cond, self.rescale)
+        return (sample - guided) / sigma
 
 
 def _size(value: int | None, default: int | None, name: str) -> int:

@@ -36,7 +36,7 @@ def write_cache(root: Path, sizes: dict[str, int], finalise: bool = True) -> Cac
     cache = Cache(root)
     cache.open(HEADER)
     generator = torch.Generator().manual_seed(0)
-    cache.write_null(torch.randn(TEXT, generator=generator), torch.tensor([True, True, False, False, False, False]))
+    cache.write_null({"embeds": torch.randn(TEXT, generator=generator), "mask": torch.tensor([True, True, False, False, False, False])})
     order = []
     for bucket, count in sizes.items():
         for i in range(count):
@@ -264,7 +264,7 @@ def test_dataset_errors_name_the_problem(tmp_path: Path) -> None:
         CacheDataset(tmp_path / "resumed")
     empty = Cache(tmp_path / "empty")
     empty.open(HEADER)
-    empty.write_null(torch.zeros(TEXT), torch.zeros(TEXT[0], dtype=torch.bool))
+    empty.write_null({"embeds": torch.zeros(TEXT), "mask": torch.zeros(TEXT[0], dtype=torch.bool)})
     empty.finalise([], [])
     with pytest.raises(UserError, match="holds no samples"):
         CacheDataset(tmp_path / "empty")

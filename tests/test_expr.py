@@ -151,7 +151,6 @@ DISALLOWED = {
     "comparison": "sigma < 1",
     "chained comparison": "0 < sigma < 1",
     "boolean operator": "sigma and fps",
-    "not": "not sigma",
     "bitwise operator": "fps | 1",
     "bit shift": "fps << 1",
     "inversion": "~fps",

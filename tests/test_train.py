@@ -282,15 +282,18 @@ def test_cfg_dropout_replaces_exactly_the_dropped_rows() -> None:
     null_embeds, null_mask = torch.randn(6, 5, generator=g), torch.tensor([1, 0, 0, 0, 0, 0]).bool()
     before = (embeds.clone(), mask.clone())
     drop = torch.tensor([True, False, True, False])
-    out_embeds, out_mask = cfg_dropout(embeds, mask, null_embeds, null_mask, drop)
+    out = cfg_dropout({"embeds": embeds, "mask": mask}, {"embeds": null_embeds, "mask": null_mask}, drop)
+    out_embeds, out_mask = out["embeds"], out["mask"]
     assert out_embeds.shape == embeds.shape and out_mask.dtype == torch.bool
     for i in (0, 2):
         assert torch.equal(out_embeds[i], null_embeds) and torch.equal(out_mask[i], null_mask)
     for i in (1, 3):
         assert torch.equal(out_embeds[i], embeds[i]) and torch.equal(out_mask[i], mask[i])
     assert torch.equal(embeds, before[0]) and torch.equal(mask, before[1])  # inputs untouched
-    same = cfg_dropout(embeds, mask, null_embeds, null_mask, torch.zeros(4, dtype=torch.bool))
-    assert torch.equal(same[0], embeds) and torch.equal(same[1], mask)
+    same = cfg_dropout(
+        {"embeds": embeds, "mask": mask}, {"embeds": null_embeds, "mask": null_mask}, torch.zeros(4, dtype=torch.bool)
+    )
+    assert torch.equal(same["embeds"], embeds) and torch.equal(same["mask"], mask)
 
 
 @pytest.mark.parametrize("probability", [1.0, 0.0])
@@ -306,9 +309,9 @@ def test_loop_conditions_on_null_exactly_when_dropped(
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = Adapter.predict
 
-    def spy(self: Adapter, transformer: Any, latents: Any, sigma: Any, embeds: Any, mask: Any, *a: Any, **k: Any):
-        seen.append((embeds.detach().clone(), mask.clone()))
-        return original(self, transformer, latents, sigma, embeds, mask, *a, **k)
+    def spy(self: Adapter, transformer: Any, latents: Any, sigma: Any, text: Any, *a: Any, **k: Any):
+        seen.append((text["embeds"].detach().clone(), text["mask"].clone()))
+        return original(self, transformer, latents, sigma, text, *a, **k)
 
     monkeypatch.setattr(Adapter, "predict", spy)
     train(plan, settings(tmp_path / "run", cache, steps=3, batch_size=2, cfg_dropout=probability))
@@ -417,7 +420,7 @@ def test_lora_export_loads_into_a_fresh_pipeline_like_the_trained_model(
 
     @torch.no_grad()
     def output(transformer: torch.nn.Module) -> torch.Tensor:
-        return adapter.predict(transformer, xt, sigma, embeds, mask, fps)
+        return adapter.predict(transformer, xt, sigma, {"embeds": embeds, "mask": mask}, fps)
 
     # the trained model, rebuilt from the final checkpoint without the export code
     trained = plan.components()[plan.spec.transformer.component]

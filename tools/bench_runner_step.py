@@ -133,7 +133,7 @@ def check_kwargs(plan: Plan, batches: list[dict[str, Any]], fps: float) -> None:
     x0 = batch["latents"].float()
     sigma = torch.full((x0.shape[0],), 0.3)
     ours = bare_kwargs(plan, x0, sigma, batch, fps)
-    env = Adapter(plan).environment(x0, sigma, batch["text_embeds"], batch["text_mask"], fps)
+    env = Adapter(plan).environment(x0, sigma, {"embeds": batch["text_embeds"], "mask": batch["text_mask"]}, fps)
     theirs = Adapter(plan).model_kwargs(env)
     if ours.keys() != theirs.keys():
         raise SystemExit(f"bare kwargs {sorted(ours)} != adapter kwargs {sorted(theirs)}")

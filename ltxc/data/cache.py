@@ -5,7 +5,7 @@ Layout:
     manifest.jsonl      one line per cached sample, in dataset order (rewritten atomically at the end of a run)
     rejected.jsonl      one line per input that was skipped, with its reason
     null.safetensors    the null conditioning (for CFG dropout), encoded once
-    samples/ID.safetensors   latents, text_embeds, text_mask of one sample
+    samples/ID.safetensors   latents, text_embeds, text_mask (and any text_<name>) of one sample
     journal/WRITER.jsonl     records appended as samples finish; merged into the manifest at the end
 
 A sample counts as done when its record is in the manifest or a journal *and* its file exists, so a run
@@ -113,9 +113,9 @@ class Cache:
         """One sample's tensors."""
         return load_file(self.sample_path(sample_id))
 
-    def write_null(self, embeds: torch.Tensor, mask: torch.Tensor) -> None:
-        """Store the null conditioning once."""
-        save_tensors(self.root / NULL, {"text_embeds": embeds, "text_mask": mask})
+    def write_null(self, text: Mapping[str, torch.Tensor]) -> None:
+        """Store the null conditioning once (text tensors by name, without the batch dimension)."""
+        save_tensors(self.root / NULL, {f"text_{name}": tensor for name, tensor in text.items()})
 
     def load_null(self) -> dict[str, torch.Tensor]:
         """The null conditioning."""

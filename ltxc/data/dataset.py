@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from torch.utils.data import Dataset
 from ltxc.data.cache import CACHE_FORMAT, HEADER, JOURNAL, MANIFEST, NULL, Cache
 from ltxc.spec.errors import UserError
 
-TENSOR_KEYS = ("latents", "text_embeds", "text_mask")
+TENSOR_KEYS = ("latents", "text_embeds", "text_mask")  # every cache holds these; a text stage may add text_<name>
+TEXT_PREFIX = "text_"
 _RECORD_KEYS = ("id", "bucket", "file")
 
 
@@ -84,7 +86,7 @@ class CacheDataset(Dataset[dict[str, Any]]):
                 "rebuild the cache"
             )
         return {
-            **{key: tensors[key] for key in TENSOR_KEYS},
+            **{key: tensors[key] for key in tensors if key in TENSOR_KEYS or key.startswith(TEXT_PREFIX)},
             "index": index,
             "id": record["id"],
             "fps": record.get("fps"),
@@ -96,9 +98,14 @@ class CacheDataset(Dataset[dict[str, Any]]):
         return [r["bucket"] for r in self.records]
 
     def null_conditioning(self) -> dict[str, torch.Tensor]:
-        """The cached "no text" conditioning: `text_embeds` [L, D] and `text_mask` [L]."""
+        """The cached "no text" conditioning: `text_embeds` [L, D], `text_mask` [L] and any other `text_<name>`."""
         tensors = load_file(self._null_path)
-        return {"text_embeds": tensors["text_embeds"], "text_mask": tensors["text_mask"]}
+        return {key: value for key, value in tensors.items() if key.startswith(TEXT_PREFIX)}
+
+
+def text_of(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The text tensors of a sample or batch by their names in expressions (`text_embeds` -> `embeds`)."""
+    return {key[len(TEXT_PREFIX) :]: value for key, value in batch.items() if key.startswith(TEXT_PREFIX)}
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -106,7 +113,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if not samples:
         raise ValueError("cannot collate an empty batch")
     batch: dict[str, Any] = {}
-    for key in TENSOR_KEYS:
+    for key in [k for k in samples[0] if isinstance(samples[0][k], torch.Tensor)]:
         shapes = {tuple(s[key].shape) for s in samples}
         if len(shapes) > 1:
             described = ", ".join(f"{s['id']} {list(s[key].shape)}" for s in samples)

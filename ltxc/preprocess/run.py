@@ -48,8 +48,7 @@ def cache_header(plan: Plan, settings: PreprocessSettings) -> dict[str, Any]:
         "null_conditioning": "null.safetensors",
         "tensors": {
             "latents": "normalised latents [C, F, H, W], float32",
-            "text_embeds": "text encoder output [L, ...]",
-            "text_mask": "bool [L]",
+            **{f"text_{name}": f"text conditioning {name!r} [L, ...]" for name in plan.text_names},
         },
     }
 
@@ -102,7 +101,7 @@ def preprocess(
         _deterministic_kernels()  # as every caption is encoded: the null must not depend on the thread count
         try:
             processor = Processor(plan, plan.components(), device)
-            cache.write_null(*(t[0] for t in processor.null_conditioning()))
+            cache.write_null({name: tensor[0] for name, tensor in processor.null_conditioning().items()})
         finally:
             torch.set_num_threads(previous)
 

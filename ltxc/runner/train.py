@@ -15,10 +15,11 @@ from attrs import field, frozen
 from tqdm import tqdm
 
 from ltxc.adapter import Adapter, cfg_dropout, dropout_decisions
-from ltxc.data.dataset import CacheDataset
+from ltxc.data.dataset import CacheDataset, text_of
 from ltxc.data.loader import make_loader, restore_sampler
 from ltxc.flow import flow_loss, flow_target, loss_weights, noisy_latents, sample_sigmas
 from ltxc.plan import Plan
+from ltxc.processor import Processor
 from ltxc.runner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ltxc.runner.distributed import Distributed, all_reduce_mean, device_mesh, init_distributed
 from ltxc.runner.export import export_trained
@@ -162,7 +163,12 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
             f"{plan.hash[:12]}); preprocess again with this plan, or train with the plan that made it"
         )
     fps = float(dataset.header["settings"]["fps"])
-    null = dataset.null_conditioning()
+    null = text_of(dataset.null_conditioning())
+    text_stage = (
+        Processor(plan, plan.components(), info.device)
+        if plan.spec.text.stage is not None and plan.spec.text.cache == "before_stage"
+        else None
+    )
     loader = make_loader(
         dataset,
         settings.batch_size,
@@ -240,14 +246,15 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
             sigma = torch.cat([sample_sigmas(plan.spec.flow, 1, tokens, g) for g in gens]).to(info.device)
             noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(info.device)
             drop = dropout_decisions(gens, settings.cfg_dropout)
-            embeds, mask = cfg_dropout(batch["text_embeds"], batch["text_mask"], null["text_embeds"],
-                                       null["text_mask"], drop)  # fmt: skip
+            text = cfg_dropout(text_of(batch), null, drop)
+            text = {name: tensor.to(info.device) for name, tensor in text.items()}
+            if text_stage is not None:  # the cache stops before the (frozen) text stage: run it here
+                text = text_stage.apply_stage(text)
             prediction = adapter.predict(
                 model,
                 noisy_latents(x0, noise, sigma),
                 sigma,
-                embeds.to(info.device),
-                mask.to(info.device),
+                text,
                 fps,
                 compute_dtype=compute_dtype,  # the root does not cast its inputs (the timestep stays fp32)
             )

@@ -32,6 +32,7 @@ class Model:
     description: str = ""
     extends: str | None = None
     reference: str | None = None
+    reference_args: dict[str, str] = field(factory=dict)
 
 
 @frozen
@@ -109,6 +110,15 @@ class Latent:
 
 
 @frozen
+class TextStage:
+    """`[text.stage]`: a frozen module that turns the encoder's output into the final text conditioning."""
+
+    component: str
+    call: dict[str, str]
+    outputs: tuple[str, ...]
+
+
+@frozen
 class Text:
     """`[text]`: how a caption becomes conditioning."""
 
@@ -120,6 +130,9 @@ class Text:
     hidden_states: Literal["last", "stack_all"] = "last"
     encoder_mask: bool = True
     null_conditioning: Literal["empty_prompt", "zeros"] = "empty_prompt"
+    zero_padding: bool = False
+    stage: TextStage | None = None
+    cache: Literal["after_stage", "before_stage"] = "after_stage"
 
 
 @frozen
@@ -188,6 +201,28 @@ class Flow:
     shift: Shift = NoShift(kind="none")
     uniform_fraction: float = 0.0
     loss_weight: str = "1"
+    timestep: str = "sigma * 1000"
+
+
+@frozen
+class Stream:
+    """`[streams.<name>]`: another latent stream the transformer takes besides the video (e.g. audio)."""
+
+    noise: str
+    dummy: str
+    output: int
+    pack: str = "x"
+    sample: Literal["joint", "dummy"] = "joint"
+
+
+@frozen
+class Perturbation:
+    """`[[sampler.perturbations]]`: a guidance term, prediction += weight * (cond - perturbed)."""
+
+    name: str
+    scale: float
+    call: dict[str, str]
+    weight: str = "scale"
 
 
 @frozen
@@ -208,6 +243,8 @@ class Sampler:
     decode_noise_scale: float | None = None
     negative_prompt: str = ""
     max_sequence_length: int | None = None
+    guidance_space: Literal["velocity", "x0"] = "velocity"
+    perturbations: tuple[Perturbation, ...] = ()
 
 
 @frozen
@@ -241,6 +278,7 @@ class Spec:
     sampler: Sampler
     parallel: Parallel
     lora: Lora = Lora()
+    streams: dict[str, Stream] = field(factory=dict)
 
 
 _TAGGED_UNIONS: dict[Any, dict[str, type]] = {
