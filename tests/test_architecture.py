@@ -340,11 +340,80 @@ def test_call_vocabulary_in_schema_matches_the_compiler(schema):
 
 # --- (d) no model-family names in the framework ----------------------------------------------------------
 
-FAMILY_NAMES = ["LTX", "LTXVideo", "LTX2", "Wan", "Gemma", "T5", "UMT5", "Flux", "Hunyuan"]
+FAMILY_NAMES = [
+    "LTX",
+    "LTXVideo",
+    "LTX2",
+    "Wan",
+    "Gemma",
+    "T5",
+    "UMT5",
+    "ByT5",
+    "Flux",
+    "Hunyuan",
+    "Mochi",
+    "CogVideoX",
+]
 FAMILY_RE = re.compile(r"\b(?:" + "|".join(map(re.escape, FAMILY_NAMES)) + r")\b")
+# As code: a family name starting an identifier or a word in a string and not running on in lower case,
+# so `LTX2VideoTransformer3DModel`, `Gemma3`, `"UMT5EncoderModel"` and `wan_` (any case) are caught while
+# `Wanted` or `T50` are not.
+FAMILY_IN_CODE = re.compile(
+    r"(?<![a-z0-9])(?:"
+    + "|".join(sorted(map(re.escape, FAMILY_NAMES), key=len, reverse=True))
+    + r")(?![a-z])"
+    + r"|(?i:(?<![a-z0-9])(?:ltx2|ltxv|wan|gemma|umt5|t5)(?=_|\d|$))"
+)
+
+
+def _code_tokens(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of every name and string token that is code: comments and docstrings are left out."""
+    import io
+    import tokenize
+
+    source = path.read_text()
+    docstrings = {
+        (node.body[0].lineno, node.body[0].col_offset)
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(getattr(node.body[0], "value", None), ast.Constant)
+        and isinstance(node.body[0].value.value, str)
+    }
+    tokens = []
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.NAME or (token.type == tokenize.STRING and token.start not in docstrings):
+            tokens.append((token.start[0], token.string))
+        elif token.type == getattr(tokenize, "FSTRING_MIDDLE", -1):
+            tokens.append((token.start[0], token.string))
+    return tokens
+
+
+def test_no_model_family_identifier_as_code_in_ltxc():
+    """Issue 6's guard: model knowledge lives in specs/; ltxc/ code never names a family (identifiers, strings)."""
+    hits = []
+    for path in sorted(LTXC.rglob("*.py")):
+        for line, text in _code_tokens(path):
+            for match in FAMILY_IN_CODE.finditer(text):
+                hits.append(f"{path.relative_to(ROOT)}:{line}: {match.group()!r} in {text[:80]!r}")
+    assert hits == [], "model knowledge belongs in specs/, not ltxc/:\n" + "\n".join(hits)
+
+
+def test_family_identifier_pattern_catches_class_names_not_words(tmp_path):
+    for caught in ("LTX2VideoTransformer3DModel", "Gemma3ForConditionalGeneration", "UMT5EncoderModel",
+                   "WanPipeline", "is_ltx2", "wan_shift", "T5", "AutoencoderKLLTXVideo"):  # fmt: skip
+        assert FAMILY_IN_CODE.search(caught), caught
+    for fine in ("Wanted", "wanted", "ltxc", "want", "gemmary", "Transformer", "sampler"):
+        assert not FAMILY_IN_CODE.search(fine), fine
+    # comments and docstrings are left out, code is not
+    module = tmp_path / "m.py"
+    module.write_text('"""About LTX2."""\n# Gemma here\nx = "WanPipeline"\ndef f():\n    """T5."""\n    return 1\n')
+    assert [text for _, text in _code_tokens(module) if FAMILY_IN_CODE.search(text)] == ['"WanPipeline"']
 
 
 def test_no_model_family_names_in_ltxc_source():
+    """Stricter still: not even comments name a family (the framework's prose stays model-free)."""
     hits = []
     for path in sorted(LTXC.rglob("*.py")):
         for number, line in enumerate(path.read_text().splitlines(), start=1):
@@ -368,7 +437,14 @@ def _spec_files() -> list[Path]:
 
 def test_there_are_specs():
     names = {p.relative_to(SPECS).as_posix() for p in _spec_files()}
-    assert {"ltx.toml", "tiny/ltx.toml"} <= names
+    assert {
+        "ltx.toml",
+        "tiny/ltx.toml",
+        "ltx-2.3.toml",
+        "tiny/ltx-2.3.toml",
+        "wan-2.1.toml",
+        "tiny/wan-2.1.toml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", _spec_files(), ids=lambda p: p.relative_to(SPECS).as_posix())
