@@ -114,7 +114,9 @@ def compile_spec(loaded: Loaded) -> Plan:
     stage = _stage(spec, ops, locator, problems)
     streams = _streams(spec, names, ops, locator, problems)
     perturbations = _perturbations(spec, names, ops, locator, problems)
-    reference_names = REFERENCE_NAMES | {p.name for p in spec.sampler.perturbations}
+    reference_names = (
+        REFERENCE_NAMES | {p.name for p in spec.sampler.perturbations} | {f"{s}.guidance" for s in spec.streams}
+    )
     reference_args = _expressions(
         spec.model.reference_args, ("model", "reference_args"), reference_names, ops, locator, problems
     )
@@ -345,7 +347,7 @@ def _streams(
         pack = _expressions({"pack": stream.pack}, where, frozenset({"x"}), ops, locator, problems)
         if len(shapes) == 2 and pack:
             compiled[name] = CompiledStream(
-                name, shapes["noise"], shapes["dummy"], pack["pack"], stream.output, stream.sample
+                name, shapes["noise"], shapes["dummy"], pack["pack"], stream.output, stream.sample, stream.guidance
             )
     return compiled
 

@@ -31,6 +31,7 @@ class CompiledStream:
     pack: Expr  # `x` as drawn -> the transformer's layout
     output: int
     sample: str  # "joint" or "dummy"
+    guidance: float | None = None  # its own CFG scale, else the sampler's
 
 
 @frozen

@@ -203,7 +203,7 @@ class Sampler:
                 sigma_i = sigmas[i]
                 for name, x in current.items():
                     terms = {term: values[name] for term, values in perturbed.items()}
-                    guided = guide(predictions[name], terms, x, sigma_i)
+                    guided = guide(predictions[name], terms, x, sigma_i, name)
                     step_scheduler = scheduler if name == "" else stream_schedulers[name]
                     stepped = step_scheduler.step(guided, t, x, return_dict=False)[0]
                     if name == "":
@@ -280,13 +280,17 @@ class _Guide:
         self.guidance, self.rescale, self.cfg = guidance, rescale, cfg
         self.weights = {p.name: float(p.weight({"scale": p.scale})) for p in plan.perturbations}
         self.active_terms = [p for p in plan.perturbations if self.weights[p.name] != 0]
+        self.stream_guidance = {n: s.guidance for n, s in plan.streams.items() if s.guidance is not None}
 
-    def __call__(self, prediction: Tensor, perturbed: Mapping[str, Tensor], sample: Tensor, sigma: Tensor) -> Tensor:
-        """The guided velocity for one stream; `prediction` is [uncond; cond] stacked when CFG runs."""
+    def __call__(
+        self, prediction: Tensor, perturbed: Mapping[str, Tensor], sample: Tensor, sigma: Tensor, stream: str = ""
+    ) -> Tensor:
+        """The guided velocity for one stream ("" is the video); `prediction` is [uncond; cond] when CFG runs."""
+        guidance = self.stream_guidance.get(stream, self.guidance)
         if self.space == "velocity":
             if self.cfg:
                 uncond, cond = prediction.chunk(2)
-                guided = uncond + self.guidance * (cond - uncond)
+                guided = uncond + guidance * (cond - uncond)
             else:
                 cond = guided = prediction
             for name, value in perturbed.items():
@@ -296,7 +300,7 @@ class _Guide:
         to_x0 = lambda v: sample - v * sigma  # noqa: E731
         if self.cfg:
             uncond, cond = (to_x0(v) for v in prediction.chunk(2))
-            guided = cond + (self.guidance - 1) * (cond - uncond)
+            guided = cond + (guidance - 1) * (cond - uncond)
         else:
             cond = guided = to_x0(prediction)
         for name, value in perturbed.items():

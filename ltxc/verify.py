@@ -164,7 +164,20 @@ def reference_call(
         "decode_noise_scale": s.decode_noise_scale,
         "max_sequence_length": s.max_sequence_length or plan.spec.text.max_length,
     }
+    # the spec's own mapping for settings the reference takes under other names (a stream's guidance, ...)
+    names = {"guidance": guidance, "guidance_rescale": s.guidance_rescale, "steps": steps, "fps": fps}
+    names.update({p.name: p.scale for p in plan.perturbations})
+    names.update(
+        {f"{n}.guidance": st.guidance if st.guidance is not None else guidance for n, st in plan.streams.items()}
+    )
+    extra = {key: expr(names) for key, expr in plan.reference_args.items()}
     accepted = _parameters(pipeline_class.__call__)
+    unknown = [key for key in extra if key not in accepted]
+    if unknown:
+        raise UserError(
+            f"[model] reference_args names {', '.join(unknown)}, which {pipeline_class.__name__}.__call__ does not take"
+        )
+    wanted.update(extra)
     missing = [name for name in REQUIRED_CALL if name not in accepted]
     if missing:
         raise UserError(f"the reference {pipeline_class.__name__} takes no {', '.join(missing)}: it cannot be compared")

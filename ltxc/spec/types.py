@@ -213,6 +213,7 @@ class Stream:
     output: int
     pack: str = "x"
     sample: Literal["joint", "dummy"] = "joint"
+    guidance: float | None = None
 
 
 @frozen
