@@ -383,9 +383,11 @@ def _code_tokens(path: Path) -> list[tuple[int, str]]:
     }
     tokens = []
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
-        if token.type == tokenize.NAME or (token.type == tokenize.STRING and token.start not in docstrings):
-            tokens.append((token.start[0], token.string))
-        elif token.type == getattr(tokenize, "FSTRING_MIDDLE", -1):
+        if (
+            token.type == tokenize.NAME
+            or (token.type == tokenize.STRING and token.start not in docstrings)
+            or token.type == getattr(tokenize, "FSTRING_MIDDLE", -1)
+        ):
             tokens.append((token.start[0], token.string))
     return tokens
 

@@ -36,7 +36,12 @@ def write_cache(root: Path, sizes: dict[str, int], finalise: bool = True) -> Cac
     cache = Cache(root)
     cache.open(HEADER)
     generator = torch.Generator().manual_seed(0)
-    cache.write_null({"embeds": torch.randn(TEXT, generator=generator), "mask": torch.tensor([True, True, False, False, False, False])})
+    cache.write_null(
+        {
+            "embeds": torch.randn(TEXT, generator=generator),
+            "mask": torch.tensor([True, True, False, False, False, False]),
+        }
+    )
     order = []
     for bucket, count in sizes.items():
         for i in range(count):
