@@ -68,6 +68,7 @@ class Adapter:
         given = streams or {}
         for name in self.plan.streams:
             value = given.get(name)
+            env[f"{name}.joint"] = value is not None  # denoised alongside the video, not a dummy
             if value is None:
                 value = self.dummy_stream(name, env, latents)
             env[f"{name}.latents"] = value.to(latents.dtype)

@@ -65,7 +65,7 @@ def text_names(spec: Spec) -> tuple[str, ...]:
 def call_names(spec: Spec, numbers: Mapping[str, int]) -> frozenset[str]:
     """Every name a `[transformer.call]` expression of this spec may read."""
     text = {f"text.{name}" for name in text_names(spec)}
-    streams = {f"{name}.latents" for name in spec.streams}
+    streams = {f"{name}.{part}" for name in spec.streams for part in ("latents", "joint")}
     return CALL_NAMES | text | streams | numbers.keys()
 
 
@@ -329,7 +329,7 @@ def _streams(
     locator: Locator,
     problems: list[Problem],
 ) -> dict[str, CompiledStream]:
-    shape_names = names - {f"{name}.latents" for name in spec.streams}
+    shape_names = names - {f"{name}.{part}" for name in spec.streams for part in ("latents", "joint")}
     compiled: dict[str, CompiledStream] = {}
     outputs = {spec.transformer.output: ("transformer", "output")}
     for name, stream in spec.streams.items():

@@ -333,7 +333,7 @@ def test_call_vocabulary_in_schema_matches_the_compiler(schema):
     geometry = Geometry(4, 8, 4, FrameRule(4, 1), 16)
     listed = _listed(match["names"])
     # names that depend on the spec are described by a pattern: text.<name> and <stream>.latents
-    assert {"text.<name>", "<stream>.latents for each [streams] entry"} <= listed
+    assert {"text.<name>", "<stream>.latents and <stream>.joint for each [streams] entry"} <= listed
     assert {n for n in listed if "<" not in n} == set(CALL_NAMES) | set(geometry_numbers(geometry))
     assert _listed(match["ops"]) == set(op_table(geometry))
 
