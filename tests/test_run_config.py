@@ -48,7 +48,15 @@ RUNS = SPECS / "runs"
 SCHEMA_PATH = ROOT / "schemas" / "run.schema.json"
 # `FILE:LINE: rest` — the file part is non-greedy so a `key.path: message` rest keeps its colons.
 LINE_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<rest>.*)$")
-EXAMPLES = ["default.toml", "ltx-full-1gpu.toml", "ltx-full-8gpu.toml", "ltx-lora-1gpu.toml", "ltx-lora-8gpu.toml"]
+EXAMPLES = [
+    "default.toml",
+    "ltx-2.3-lora-1gpu.toml",
+    "ltx-full-1gpu.toml",
+    "ltx-full-8gpu.toml",
+    "ltx-lora-1gpu.toml",
+    "ltx-lora-8gpu.toml",
+    "wan-2.1-lora-1gpu.toml",
+]
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +122,8 @@ def test_every_example_loads_and_is_commented(name):
     assert loaded.files == (str(path),)
     assert config.run.name == path.stem
     assert path.read_text().startswith("# ")  # each example says what it is and how to run it
-    if name.startswith("ltx-"):
-        mode, gpus = name.removesuffix(".toml").split("-")[1:]
+    if name != "default.toml":
+        *_, mode, gpus = name.removesuffix(".toml").split("-")
         assert config.train.mode == mode
         assert config.export.full is (mode == "full")
         assert config.run.plan  # never silently the tiny fallback plan
