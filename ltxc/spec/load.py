@@ -42,10 +42,12 @@ class Locator:
 
     def where(self, path: Iterable[object]) -> tuple[str, int]:
         """The file and line of `path`, or of its nearest written ancestor."""
-        keys = tuple(str(p) for p in path if not isinstance(p, int))
-        for depth in range(len(keys), 0, -1):
-            if keys[:depth] in self.origins:
-                return self.origins[keys[:depth]]
+        exact = tuple(p if isinstance(p, int) else str(p) for p in path)
+        # elements of arrays of tables are recorded with their index; other lists (inline arrays) are not
+        for keys in (exact, tuple(p for p in exact if not isinstance(p, int))):
+            for depth in range(len(keys), 0, -1):
+                if keys[:depth] in self.origins:
+                    return self.origins[keys[:depth]]
         return self.root_file, 1
 
     def problem(self, path: Iterable[object], message: str) -> Problem:
@@ -207,6 +209,9 @@ def _record_origins(
     if isinstance(value, dict):
         for key, sub in value.items():
             _record_origins(sub, (*path, key), file, lines, origins)
+    elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        for index, item in enumerate(value):  # an array of tables: each element where it was written
+            _record_origins(item, (*path, index), file, lines, origins)
 
 
 def _get_path(data: dict[str, Any], path: KeyPath) -> Any:

@@ -7,13 +7,15 @@ tomllib has already parsed, so it can be forgiving about syntax.
 
 from __future__ import annotations
 
-KeyPath = tuple[str, ...]
+# Table and key names; an integer is the index of an element of an array of tables (`[[a]]`).
+KeyPath = tuple[str | int, ...]
 
 
 def key_lines(text: str) -> dict[KeyPath, int]:
     """Map each key path in a TOML document to the 1-based line that defines it."""
     lines: dict[KeyPath, int] = {}
     table: KeyPath = ()
+    arrays: dict[KeyPath, int] = {}  # array-of-tables path -> index of its latest element
     open_brackets = 0  # > 0 while inside a multi-line array
     open_string: str | None = None  # the delimiter of a multi-line string we are inside
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -29,7 +31,17 @@ def key_lines(text: str) -> dict[KeyPath, int]:
             continue
         if line.startswith("["):
             inner = line.lstrip("[").split("]")[0]
-            table = tuple(_split_key(inner))
+            names = _split_key(inner)
+            # a header inside an array of tables' element (`[a.b]` after `[[a]]`) belongs to its last element
+            table = ()
+            for name in names:
+                table = (*table, name)
+                if table in arrays and table != tuple(names):
+                    table = (*table, arrays[table])
+            if line.startswith("[["):  # one more element of an array of tables: its keys get its index
+                arrays[table] = arrays.get(table, -1) + 1
+                lines.setdefault(table, number)
+                table = (*table, arrays[table])
             for depth in range(1, len(table) + 1):  # `[a.b]` also opens `a`, if nothing did before
                 lines.setdefault(table[:depth], number)
             continue
