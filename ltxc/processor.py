@@ -15,6 +15,7 @@ import torch
 from ltxc.components import Components
 from ltxc.plan import Plan
 from ltxc.spec import UserError
+from ltxc.text_clean import clean_caption
 
 
 class Processor:
@@ -103,7 +104,7 @@ class Processor:
         text = self.spec.text
         tokenizer, encoder = self._text_modules()
         tokens = tokenizer(
-            list(captions),
+            [clean_caption(caption, text.clean) for caption in captions],
             padding="max_length",
             max_length=text.max_length,
             truncation=True,

@@ -481,3 +481,32 @@ def test_verify_cli_names_the_reference_arg_it_cannot_pass(tmp_path: Path, capsy
     code, out, err = run_cli(capsys, "verify", str(spec), "--steps", "2", "--device", "cpu")
     assert code == 2 and "Traceback" not in err and "PASS" not in out
     assert "reference_args names audio_guidance_scalee" in err and "LTX2Pipeline" in err
+
+
+# -- caption cleaning -------------------------------------------------------------------------------------
+
+
+def test_clean_steps_do_what_they_say() -> None:
+    from ltxc.text_clean import clean_caption
+
+    dirty = "  a  red\tball &amp;amp; a\n cube  "
+    assert clean_caption(dirty, ["strip"]) == "a  red\tball &amp;amp; a\n cube"
+    assert clean_caption(dirty, ["collapse_whitespace"]) == "a red ball &amp;amp; a cube"
+    assert clean_caption(dirty, ["unescape_html", "collapse_whitespace"]) == "a red ball & a cube"
+    assert clean_caption(dirty, []) == dirty
+
+
+def test_wan_cleans_captions_as_the_pipeline_does() -> None:
+    """A prompt with doubled spaces and HTML entities encodes as WanPipeline encodes it (prompt_clean)."""
+    plan = compile_spec(load_spec(TINY_WAN))
+    components = plan.components()
+    dirty = ["a  red   ball &amp; a cube ", " waves"]
+    ours = Processor(plan, components).conditioning(dirty)
+    pipe = build_reference(WanPipeline, components)
+    with torch.no_grad():
+        theirs = pipe._get_t5_prompt_embeds(dirty, max_sequence_length=plan.spec.text.max_length)
+    assert max_abs(ours["embeds"], theirs) <= 1e-6
+    # without the spec's cleaning the same prompts encode differently: the check can fail
+    raw = attrs.evolve(plan, spec=attrs.evolve(plan.spec, text=attrs.evolve(plan.spec.text, clean=())))
+    unclean = Processor(raw, components).conditioning(dirty)
+    assert max_abs(unclean["embeds"], theirs) > 1e-3
