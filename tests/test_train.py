@@ -605,3 +605,15 @@ def test_each_step_uses_and_logs_its_scheduled_lr(plan: Plan, cache: Path, tmp_p
     assert used == pytest.approx([1e-3 * lr_factor(s, 8, schedule) for s in range(8)], abs=1e-15)
     logged = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
     assert logged == pytest.approx(used, abs=1e-15), "the lr logged at step k is the one step k used"
+
+
+def test_resuming_a_checkpoint_of_the_other_mode_is_refused(plan: Plan, cache: Path, tmp_path: Path) -> None:
+    """A full run's checkpoint is not continued as LoRA (nor the reverse): one clear line, nothing lost."""
+    run = tmp_path / "run"
+    first = train(plan, settings(run, cache, steps=2, mode="full"))
+    with pytest.raises(UserError) as caught:
+        train(plan, settings(run, cache, steps=4, mode="lora"))
+    message = str(caught.value)
+    assert "full checkpoint" in message and "trains lora" in message and "--resume never" in message
+    assert first.checkpoint is not None and first.checkpoint.exists()  # the earlier run's state is untouched
+    assert json.loads((first.checkpoint / "meta.json").read_text())["spec_hash"] == plan.hash

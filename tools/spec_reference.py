@@ -46,8 +46,11 @@ def rows(node: dict[str, Any], schema: dict[str, Any], prefix: str = "") -> Iter
         yield path, description
         yield from rows(sub, schema, path + ".")
     extra = node.get("additionalProperties")
-    if isinstance(extra, dict) and extra.get("$ref"):
+    if isinstance(extra, dict) and (extra.get("$ref") or "properties" in extra):
         yield from rows(extra, schema, prefix + "<name>.")
+    items = node.get("items")
+    if isinstance(items, dict) and (items.get("$ref") or "properties" in items):  # an array of tables
+        yield from rows(items, schema, prefix.removesuffix(".") + "[].")
 
 
 def main(argv: list[str]) -> None:

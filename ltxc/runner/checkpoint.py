@@ -95,14 +95,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's metadata (step, mode, spec hash, batch layout, schedule state)."""
+    meta_path = path / META
+    if not meta_path.exists():
+        raise UserError(f"{path}: not a complete ltxc checkpoint (no {META}); pass another --resume path")
+    return json.loads(meta_path.read_text())
+
+
 def load_checkpoint(
     path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *, trainable_only: bool
 ) -> dict[str, Any]:
     """Restore weights, optimiser and schedule in place (collectively); return the checkpoint's metadata."""
-    meta_path = path / META
-    if not meta_path.exists():
-        raise UserError(f"{path}: not a complete ltxc checkpoint (no {META}); pass another --resume path")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(path)
     options = _options(trainable_only)
     state = {
         "model": get_model_state_dict(model, options=options),

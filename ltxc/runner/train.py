@@ -20,7 +20,7 @@ from ltxc.data.loader import make_loader, restore_sampler
 from ltxc.flow import flow_loss, flow_target, loss_weights, noisy_latents, sample_sigmas
 from ltxc.plan import Plan
 from ltxc.processor import Processor
-from ltxc.runner.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ltxc.runner.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from ltxc.runner.distributed import Distributed, all_reduce_mean, device_mesh, init_distributed
 from ltxc.runner.export import export_trained
 from ltxc.runner.lora import add_lora, lora_config
@@ -190,6 +190,7 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
     start = 0
     resume_from = _resume_path(settings)
     if resume_from is not None:
+        _check_resumable(resume_from, settings, plan)  # before loading: a mismatch would fail as a missing key
         meta = load_checkpoint(resume_from, model, optimizer, scheduler, trainable_only=trainable_only)
         start = int(meta["step"])
         saved_batch = meta.get("global_batch")
@@ -299,11 +300,11 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
         if validator is not None and validator.due(done, done == total):
             validator.run(model, done, logger)
         if settings.checkpoint_every and done % settings.checkpoint_every == 0 and done != end:
-            last_checkpoint = _save(settings, done, model, optimizer, scheduler, trainable_only, info, total)
+            last_checkpoint = _save(settings, done, model, optimizer, scheduler, trainable_only, info, total, plan.hash)
     bar.close()
     checkpoint = last_checkpoint
     if end > start:
-        checkpoint = _save(settings, end, model, optimizer, scheduler, trainable_only, info, total)
+        checkpoint = _save(settings, end, model, optimizer, scheduler, trainable_only, info, total, plan.hash)
     exports: dict[str, str] = {}
     if end == total and end > start:
         exports = export_trained(plan, model, lora, settings, info)
@@ -351,11 +352,27 @@ def _clip(model: torch.nn.Module, max_norm: float) -> float:
     return float(norm)
 
 
+def _check_resumable(path: Path, settings: TrainSettings, plan: Plan) -> None:
+    """Refuse a checkpoint of another training mode or another spec, with what to do instead."""
+    meta = read_meta(path)
+    fresh = "pass --resume never (or another run.name) to start a new run"
+    if meta.get("mode", settings.mode) != settings.mode:
+        raise UserError(
+            f"{path} is a {meta['mode']} checkpoint and this run trains {settings.mode}: {fresh}, "
+            f"or set train.mode={meta['mode']} to continue it"
+        )
+    if meta.get("spec_hash", plan.hash) != plan.hash:
+        raise UserError(
+            f"{path} was trained from another spec (plan hash {str(meta['spec_hash'])[:12]}, this plan is "
+            f"{plan.hash[:12]}): {fresh}, or train with the plan that made it"
+        )
+
+
 def _save(
     settings: TrainSettings, step: int, model: Any, optimizer: Any, scheduler: Any, trainable_only: bool,
-    info: Distributed, total: int,
+    info: Distributed, total: int, spec_hash: str,
 ) -> Path:  # fmt: skip
-    meta = {"total_steps": total, "mode": settings.mode, "seed": settings.seed,
+    meta = {"total_steps": total, "mode": settings.mode, "seed": settings.seed, "spec_hash": spec_hash,
             "global_batch": settings.batch_size * settings.grad_accum * info.world_size,
             "grad_accum": settings.grad_accum}  # fmt: skip
     return save_checkpoint(settings.run_dir, step, model, optimizer, scheduler, meta, keep=settings.keep,
