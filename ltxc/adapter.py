@@ -132,5 +132,6 @@ def cfg_dropout(text: Text, null: Text, drop: torch.Tensor) -> dict[str, torch.T
     out = {}
     for name, tensor in text.items():
         shape = (-1,) + (1,) * (tensor.ndim - 1)
-        out[name] = torch.where(keep.view(shape), tensor, null[name].to(tensor).expand_as(tensor))
+        keep_here = keep.to(tensor.device).view(shape)
+        out[name] = torch.where(keep_here, tensor, null[name].to(tensor).expand_as(tensor))
     return out

@@ -91,7 +91,8 @@ class Geometry:
         bad = [f"{name} {v}" for name, v in (("height", height), ("width", width)) if v < m or v % m]
         if bad:
             fix = ", ".join(f"{name} -> {self.fit_resolution(int(v))}" for name, v in (b.split() for b in bad))
-            raise ShapeError(f"{' and '.join(bad)} must be multiples of {m} pixels (nearest below: {fix})")
+            must = "must be a multiple" if len(bad) == 1 else "must be multiples"
+            raise ShapeError(f"{' and '.join(bad)} {must} of {m} pixels (nearest below: {fix})")
 
     def fit_resolution(self, pixels: int) -> int:
         """The largest valid size <= `pixels` (at least one multiple)."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -93,14 +94,23 @@ def verify(
 
     steps = s.steps if steps is None else steps
     guidance = s.guidance if guidance is None else guidance
+    frames, height, width = (
+        _given(frames, s.frames, "frames"),
+        _given(height, s.height, "height"),
+        _given(width, s.width, "width"),
+    )
+    plan.geometry.check(frames, height, width)  # a clear size error before anything runs
+    # the reference's arguments first: a spec naming one it does not take fails before any sampling
+    kwargs, notes = reference_call(pipeline_class, plan, prompt, frames, height, width, steps, guidance)
     sampler = Sampler(plan, components, device)
     started = time.perf_counter()
-    ours = sampler([prompt], frames=frames, height=height, width=width, steps=steps, guidance=guidance, seed=seed)
+    with _components_must_fit("ltxc's sampler"):
+        ours = sampler([prompt], frames=frames, height=height, width=width, steps=steps, guidance=guidance, seed=seed)
     ours_s = time.perf_counter() - started
 
-    kwargs, notes = reference_call(pipeline_class, plan, prompt, ours.frames, ours.height, ours.width, steps, guidance)
     started = time.perf_counter()
-    their_frames, their_latents = _run_reference(pipeline, kwargs, seed)
+    with _components_must_fit(f"the reference {pipeline_class.__name__}"):
+        their_frames, their_latents = _run_reference(pipeline, kwargs, seed)
     theirs_s = time.perf_counter() - started
     notes.append(f"time: ltxc {ours_s:.2f} s, reference {theirs_s:.2f} s")
 
@@ -182,11 +192,37 @@ def reference_call(
     if missing:
         raise UserError(f"the reference {pipeline_class.__name__} takes no {', '.join(missing)}: it cannot be compared")
     kwargs = {name: value for name, value in wanted.items() if name in accepted}
-    unused = [name for name in wanted if name not in accepted and name not in ("fps", "frame_rate")]
+    # settings the reference cannot take, named only where the spec sets them to something
+    unused = [
+        name
+        for name, value in wanted.items()
+        if name not in accepted and name not in ("fps", "frame_rate") and value not in (None, 0, 0.0, "")
+    ]
     notes = [f"the reference takes no {', '.join(unused)}"] if unused else []
     if "frame_rate" not in accepted and "fps" not in accepted:
         notes.append("the reference takes no frame rate")
     return kwargs, notes
+
+
+def _given(value: int | None, default: int | None, name: str) -> int:
+    if value is None:
+        value = default
+    if value is None:
+        raise UserError(f"no {name} given and the spec's [sampler] has no default {name}")
+    return int(value)
+
+
+@contextmanager
+def _components_must_fit(who: str) -> Iterator[None]:
+    """A shape or dtype clash inside a model run is a spec problem: say so in one line."""
+    try:
+        yield
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"{who} failed inside a component: {first}; the spec's components do not fit together (check the "
+            "inline configs, e.g. a transformer's text width against the text encoder's hidden size)"
+        ) from exc
 
 
 def _run_reference(pipeline: Any, kwargs: dict[str, Any], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,8 +153,8 @@ def test_defaults_come_from_the_spec(sampler: Sampler, plan: Plan) -> None:
     ("size", "message"),
     [
         ((16, 64, 96), "16 frames is not a valid count (8n+1); use 9 or 17"),
-        ((9, 100, 96), "height 100 must be multiples of 32"),
-        ((9, 64, 100), "width 100 must be multiples of 32"),
+        ((9, 100, 96), "height 100 must be a multiple of 32"),
+        ((9, 64, 100), "width 100 must be a multiple of 32"),
     ],
 )
 def test_a_wrong_size_is_a_clear_error(sampler: Sampler, size: tuple[int, int, int], message: str) -> None:

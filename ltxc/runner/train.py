@@ -169,6 +169,12 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
         if plan.spec.text.stage is not None and plan.spec.text.cache == "before_stage"
         else None
     )
+    if text_stage is not None:  # "no text" is the final conditioning, as the sampler's negative branch sees it
+        null = text_stage.apply_stage({name: tensor[None].to(info.device) for name, tensor in null.items()})
+        null = {name: tensor[0] for name, tensor in null.items()}
+        if plan.spec.text.null_conditioning == "zeros":
+            null = {name: torch.zeros_like(tensor) for name, tensor in null.items()}
+    null = {name: tensor.to(info.device) for name, tensor in null.items()}
     loader = make_loader(
         dataset,
         settings.batch_size,
@@ -247,10 +253,10 @@ def _train(plan: Plan, settings: TrainSettings) -> TrainResult:
             sigma = torch.cat([sample_sigmas(plan.spec.flow, 1, tokens, g) for g in gens]).to(info.device)
             noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(info.device)
             drop = dropout_decisions(gens, settings.cfg_dropout)
-            text = cfg_dropout(text_of(batch), null, drop)
-            text = {name: tensor.to(info.device) for name, tensor in text.items()}
+            text = {name: tensor.to(info.device) for name, tensor in text_of(batch).items()}
             if text_stage is not None:  # the cache stops before the (frozen) text stage: run it here
                 text = text_stage.apply_stage(text)
+            text = cfg_dropout(text, null, drop)
             prediction = adapter.predict(
                 model,
                 noisy_latents(x0, noise, sigma),
@@ -353,7 +359,7 @@ def _clip(model: torch.nn.Module, max_norm: float) -> float:
 
 
 def _check_resumable(path: Path, settings: TrainSettings, plan: Plan) -> None:
-    """Refuse a checkpoint of another training mode or another spec, with what to do instead."""
+    """Refuse a checkpoint of the other training mode; warn about one from another version of the spec."""
     meta = read_meta(path)
     fresh = "pass --resume never (or another run.name) to start a new run"
     if meta.get("mode", settings.mode) != settings.mode:
@@ -361,10 +367,11 @@ def _check_resumable(path: Path, settings: TrainSettings, plan: Plan) -> None:
             f"{path} is a {meta['mode']} checkpoint and this run trains {settings.mode}: {fresh}, "
             f"or set train.mode={meta['mode']} to continue it"
         )
-    if meta.get("spec_hash", plan.hash) != plan.hash:
-        raise UserError(
-            f"{path} was trained from another spec (plan hash {str(meta['spec_hash'])[:12]}, this plan is "
-            f"{plan.hash[:12]}): {fresh}, or train with the plan that made it"
+    if meta.get("spec_hash", plan.hash) != plan.hash:  # a spec edited mid-run (a loss weight, a default) is legal
+        print(
+            f"warning: {path} was trained from another version of the spec (plan hash "
+            f"{str(meta['spec_hash'])[:12]}, this plan is {plan.hash[:12]}); continuing with this plan",
+            file=sys.stderr,
         )
 
 
