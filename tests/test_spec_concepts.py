@@ -510,3 +510,56 @@ def test_wan_cleans_captions_as_the_pipeline_does() -> None:
     raw = attrs.evolve(plan, spec=attrs.evolve(plan.spec, text=attrs.evolve(plan.spec.text, clean=())))
     unclean = Processor(raw, components).conditioning(dirty)
     assert max_abs(unclean["embeds"], theirs) > 1e-3
+
+
+# -- the training loop with the text stage after the cache ------------------------------------------------
+
+
+@pytest.mark.parametrize("probability", [1.0, 0.0])
+def test_before_stage_training_sees_the_after_stage_conditioning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, probability: float
+) -> None:
+    """With `cache = "before_stage"` the loop runs the connectors itself: the transformer then sees exactly what
+    an `after_stage` cache holds (captions kept) or the final null conditioning (captions dropped)."""
+    from ltxc.data.dataset import CacheDataset, text_of
+    from ltxc.media.synthetic import make_sample_dataset
+    from ltxc.preprocess.run import preprocess
+    from ltxc.preprocess.settings import build_settings
+    from ltxc.runner.train import train
+
+    media = tmp_path / "media"
+    make_sample_dataset(media, clips=2, images=0, seed=0)
+    after = compile_spec(load_spec(TINY_LTX2))
+    before = compile_spec(load_spec(write_child(tmp_path, TINY_LTX2, '[text]\ncache = "before_stage"\n')))
+    caches = {}
+    for name, plan in (("after", after), ("before", before)):
+        caches[name] = tmp_path / f"cache-{name}"
+        preprocess(plan, media, caches[name], build_settings(plan), progress=False)
+    after_set = CacheDataset(caches["after"])
+    kept = [text_of(after_set[i]) for i in range(len(after_set))]
+    null = text_of(after_set.null_conditioning())
+    assert set(null) == {"embeds", "audio_embeds", "mask"}
+
+    seen: list[dict[str, torch.Tensor]] = []
+    original = Adapter.predict
+
+    def spy(self: Adapter, transformer: Any, latents: Any, sigma: Any, text: Any, *a: Any, **k: Any):
+        seen.append({name: tensor.detach().clone() for name, tensor in text.items()})
+        return original(self, transformer, latents, sigma, text, *a, **k)
+
+    monkeypatch.setattr(Adapter, "predict", spy)
+    settings = TrainSettings(
+        run_dir=tmp_path / "run", cache=caches["before"], mode="lora", steps=2, batch_size=1, cfg_dropout=probability,
+        checkpoint_every=0, progress=False, tensorboard=False, export_lora_diffusers=False,
+        export_lora_comfyui=False, export_full=False, pin_memory=False,
+    )  # fmt: skip
+    train(before, settings)
+    assert len(seen) == 2
+    for text in seen:
+        assert set(text) == {"embeds", "audio_embeds", "mask"}
+        row = {name: tensor[0] for name, tensor in text.items()}
+        if probability == 1.0:
+            assert all(max_abs(row[n], null[n]) <= 1e-6 for n in null)
+        else:
+            assert any(all(max_abs(row[n], k[n]) <= 1e-6 for n in k) for k in kept)
+            assert max_abs(row["embeds"], null["embeds"]) > 1e-3
