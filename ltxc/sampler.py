@@ -124,7 +124,9 @@ class Sampler:
             raise UserError(f"steps must be at least 1, got {steps}")
         guidance = float(s.guidance if guidance is None else guidance)
         rescale = float(s.guidance_rescale if guidance_rescale is None else guidance_rescale)
-        cfg = guidance > 1.0  # as the pipelines decide it
+        # as the pipelines decide it: the negative branch runs when any jointly sampled stream is guided
+        joint = [st for st in self.plan.streams.values() if st.sample == "joint"]
+        cfg = guidance > 1.0 or any((st.guidance if st.guidance is not None else guidance) > 1.0 for st in joint)
         negative = (s.negative_prompt if negative_prompt is None else negative_prompt) if cfg else None
 
         batch = len(prompts)

@@ -563,3 +563,11 @@ def test_before_stage_training_sees_the_after_stage_conditioning(
         else:
             assert any(all(max_abs(row[n], k[n]) <= 1e-6 for n in k) for k in kept)
             assert max_abs(row["embeds"], null["embeds"]) > 1e-3
+
+
+def test_a_guided_stream_keeps_cfg_on_when_the_video_is_unguided(capsys: pytest.CaptureFixture[str]) -> None:
+    """As LTX2Pipeline decides it: video guidance 1 with audio guidance 7 still runs the negative branch (the
+    audio is guided, and the video attends to the audio), so ltxc must too to stay equal to the reference."""
+    code, out, err = run_cli(capsys, "verify", str(TINY_LTX2), "--guidance", "1", "--steps", "3")
+    assert code == 0, out + err
+    assert "latents      max |Δ| = 0.000e+00" in out
