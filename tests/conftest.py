@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,28 @@ from ltxc.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SPECS = ROOT / "specs"
 TINY_LTX = SPECS / "tiny" / "ltx.toml"
+TINY_LTX2 = SPECS / "tiny" / "ltx-2.3.toml"
+TINY_WAN = SPECS / "tiny" / "wan-2.1.toml"
+# What an in-process `train()` / `run train` sets up for its 1-rank process group.
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextmanager
+def isolated_process_group() -> Iterator[None]:
+    """Undo what in-process runs leave behind: the process group they made and the RANK/MASTER_* they set."""
+    import torch.distributed as dist
+
+    saved = {key: os.environ.get(key) for key in DIST_ENV}
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture

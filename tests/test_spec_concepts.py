@@ -18,7 +18,6 @@ Run: `pytest -q tests/test_spec_concepts.py`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,7 @@ from typing import Any
 import attrs
 import pytest
 import torch
-import torch.distributed as dist
-from conftest import SPECS, run_cli
+from conftest import SPECS, isolated_process_group, run_cli
 from diffusers import LTX2Pipeline, WanPipeline
 
 from ltxc.adapter import Adapter
@@ -46,7 +44,6 @@ TINY_LTX2 = SPECS / "tiny" / "ltx-2.3.toml"
 TINY_WAN = SPECS / "tiny" / "wan-2.1.toml"
 PROMPTS = ["a cat", "a red ball bounces across a wooden floor, soft daylight", "waves"]  # short, truncated, short
 FPS = 24.0
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 # -- fixtures and helpers -----------------------------------------------------------------------------
@@ -71,15 +68,8 @@ def text(plan: Plan, components: Any) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def process_group() -> Iterator[None]:
     """`build_model` needs a (1-rank) process group: make one, and undo it and its env afterwards."""
-    saved = {key: os.environ.get(key) for key in DIST_ENV}
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with isolated_process_group():
+        yield
 
 
 def write_child(tmp_path: Path, parent: Path, body: str, model: str = "", name: str = "child.toml") -> Path:

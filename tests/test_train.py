@@ -49,8 +49,7 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-from conftest import TINY_LTX
+from conftest import DIST_ENV, TINY_LTX, isolated_process_group
 from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -70,7 +69,6 @@ from ltxc.runner.train import TrainingDiverged, TrainResult, TrainSettings, trai
 from ltxc.spec import load_spec
 from ltxc.spec.errors import UserError
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RANK, ALPHA = 4, 8.0  # alpha != rank, so an export that loses the scale shows
 
@@ -81,15 +79,8 @@ RANK, ALPHA = 4, 8.0  # alpha != rank, so an export that loses the scale shows
 @pytest.fixture(scope="module", autouse=True)
 def _process_group() -> Iterator[None]:
     """In-process runs make (and reuse) a 1-rank group and set RANK/MASTER_*: undo both afterwards."""
-    saved = {key: os.environ.get(key) for key in DIST_ENV}
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with isolated_process_group():
+        yield
 
 
 @pytest.fixture(scope="module")
