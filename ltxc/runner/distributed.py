@@ -35,8 +35,8 @@ def init_distributed(device: str | None = None) -> Distributed:
     """
     global _SELF_MADE
     if "RANK" not in os.environ or (_SELF_MADE and not dist.is_initialized()):
-        # a plain `ltxc run train`: a group of one on a fresh free local port (each time: an earlier
-        # group's port may still be held by the OS)
+        # a plain `ltxc run train`: a group of one (the env says so to code that reads it; the port is
+        # only a placeholder for it, the group itself uses an in-memory store)
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ["MASTER_PORT"] = str(_free_port())
         _SELF_MADE = True
@@ -47,7 +47,11 @@ def init_distributed(device: str | None = None) -> Distributed:
     if target.type == "cuda":
         torch.cuda.set_device(target)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", rank=rank, world_size=world)
+        backend = "nccl" if target.type == "cuda" else "gloo"
+        if _SELF_MADE:  # one process: an in-memory store, so no TCP port can be taken by someone else meanwhile
+            dist.init_process_group(backend, store=dist.HashStore(), rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend, rank=rank, world_size=world)
     return Distributed(rank, world, local, target)
 
 
