@@ -99,6 +99,7 @@ def compile_spec(loaded: Loaded) -> Plan:
     recipes = _components(spec, locator, problems)
     _check_roles(spec, locator, problems)
     _check_normaliser(spec, locator, problems)
+    _check_text_lengths(spec, locator, problems)
     numbers = geometry_numbers(geometry)
     ops = op_table(geometry)
     names = call_names(spec, numbers)
@@ -308,6 +309,21 @@ def _check_roles(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
         if role not in spec.components:
             problems.append(
                 locator.problem(path, f"no [components.{role}] in this spec (it has: {', '.join(spec.components)})")
+            )
+
+
+def _check_text_lengths(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    multiple = spec.text.length_multiple
+    lengths = {
+        ("text", "max_length"): spec.text.max_length,
+        ("sampler", "max_sequence_length"): spec.sampler.max_sequence_length,
+    }
+    for path, length in lengths.items():
+        if length is not None and length % multiple:
+            below, above = length - length % multiple, length - length % multiple + multiple
+            nearest = f"{below} or {above}" if below else f"{above}"
+            problems.append(
+                locator.problem(path, f"{length} is not a multiple of text.length_multiple ({multiple}); use {nearest}")
             )
 
 

@@ -26,7 +26,7 @@ from ltxc.verify import build_reference
 FAMILIES = {
     "ltx-2.3": {
         "model": 'reference_args = { spatio_temporal_guidance_blocks = "[1]" }\n',
-        "extra": "[text]\nmax_length = 32\n[sampler]\nmax_sequence_length = 32\n"
+        "extra": "[text]\nmax_length = 32\nlength_multiple = 8\n[sampler]\nmax_sequence_length = 32\n"
         '[[sampler.perturbations]]\nname = "stg"\nscale = 1.0\ncall = { spatio_temporal_guidance_blocks = "[1]" }\n'
         '[[sampler.perturbations]]\nname = "modality"\nscale = 3.0\nweight = "scale - 1"\n'
         'call = { isolate_modalities = "True" }\n',

@@ -413,6 +413,14 @@ def test_before_stage_needs_a_stage(tmp_path: Path) -> None:
     assert_problem(spec, line_of(spec, "before_stage"), "text.cache", "[text.stage]")
 
 
+def test_text_lengths_must_be_multiples_of_the_stage_registers(tmp_path: Path) -> None:
+    """Caught at compile time, not when the connectors raise in the middle of preprocessing."""
+    spec = write_child(tmp_path, TINY_LTX2, "[text]\nmax_length = 30\n")
+    assert_problem(spec, line_of(spec, "max_length = 30"), "text.max_length", "length_multiple (8)", "24 or 32")
+    spec = write_child(tmp_path, TINY_LTX2, "[sampler]\nmax_sequence_length = 12\n", name="sampler.toml")
+    assert_problem(spec, line_of(spec, "= 12"), "sampler.max_sequence_length", "8 or 16")
+
+
 def test_two_streams_cannot_share_an_output(tmp_path: Path) -> None:
     spec = write_child(tmp_path, TINY_LTX2, f"[streams.echo]\n{STREAM}output = 1\n")
     assert_problem(spec, line_of(spec, "output = 1"), "streams.echo.output", "streams.audio.output")

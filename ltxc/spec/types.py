@@ -131,6 +131,7 @@ class Text:
     encoder_mask: bool = True
     null_conditioning: Literal["empty_prompt", "zeros"] = "empty_prompt"
     zero_padding: bool = False
+    length_multiple: int = 1
     clean: tuple[Literal["strip", "collapse_whitespace", "unescape_html", "fix_text"], ...] = ()
     stage: TextStage | None = None
     cache: Literal["after_stage", "before_stage"] = "after_stage"
