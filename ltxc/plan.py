@@ -14,7 +14,7 @@ from ltxc.components import ComponentRecipe, Components
 from ltxc.fileio import atomic_write_json
 from ltxc.geometry import Geometry
 from ltxc.normalise import Identity, MeanStd, Normaliser, ShiftScale
-from ltxc.spec import Spec
+from ltxc.spec import Spec, UserError
 from ltxc.spec import types as spec_types
 from ltxc.spec.expr import Expr
 
@@ -99,9 +99,34 @@ def _read(value: Any, components: Mapping[str, Any]) -> Any:
         return value
     role, *parts = value.split(".")
     current = components[role]
-    for part in parts:
-        current = current[part] if isinstance(current, Mapping) else getattr(current, part)
+    for index, part in enumerate(parts):
+        if isinstance(current, Mapping):
+            if part not in current:
+                raise UserError(f"{value!r}: {'.'.join([role, *parts[:index]])} has no key {part!r}")
+            current = current[part]
+            continue
+        if isinstance(current, torch.nn.Module) and not _has_own_attribute(current, part):
+            # diffusers would answer from the config with a deprecation warning: say which one is meant
+            config = getattr(current, "config", None)
+            hint = (
+                f"; its config has one: write {'.'.join([role, *parts[:index], 'config', part])!r}"
+                if isinstance(config, Mapping) and part in config
+                else ""
+            )
+            raise UserError(f"{value!r}: {type(current).__name__} has no attribute or buffer {part!r}{hint}")
+        current = getattr(current, part)
     return current
+
+
+def _has_own_attribute(module: torch.nn.Module, name: str) -> bool:
+    """A buffer, parameter, submodule, instance or class attribute — not diffusers' config fallback."""
+    return (
+        name in module._buffers
+        or name in module._parameters
+        or name in module._modules
+        or name in vars(module)
+        or hasattr(type(module), name)
+    )
 
 
 def _statistic(value: Any, components: Mapping[str, Any]) -> torch.Tensor:

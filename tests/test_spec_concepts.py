@@ -569,3 +569,19 @@ def test_a_guided_stream_keeps_cfg_on_when_the_video_is_unguided(capsys: pytest.
     code, out, err = run_cli(capsys, "verify", str(TINY_LTX2), "--guidance", "1", "--steps", "3")
     assert code == 0, out + err
     assert "latents      max |Δ| = 0.000e+00" in out
+
+
+def test_a_buffer_reference_never_falls_back_to_the_config(tmp_path: Path) -> None:
+    """Wan keeps its statistics in the VAE config, not in buffers: "vae.latents_mean" is an error that names
+    the right spelling, not diffusers' deprecated config fallback with a warning."""
+    spec = write_child(
+        tmp_path,
+        TINY_WAN,
+        '[latent]\nnormalise = { kind = "mean_std", mean = "vae.latents_mean", std = "vae.config.latents_std" }\n',
+    )
+    plan = compile_spec(load_spec(spec))
+    with pytest.raises(UserError, match=r"AutoencoderKLWan has no attribute or buffer 'latents_mean'.*vae\.config"):
+        plan.normaliser(plan.components())
+    good = compile_spec(load_spec(TINY_WAN))
+    mean = good.normaliser(good.components()).mean
+    assert mean.shape == (16,) and float(mean[0]) == pytest.approx(-0.7571)
