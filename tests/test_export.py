@@ -236,3 +236,21 @@ def test_export_trained_writes_the_run_exports(trained: SimpleNamespace, plan: P
 
     full = export_trained(plan, perturbed_transformer(plan), None, settings, info)
     assert set(full) == {"transformer"} and (Path(full["transformer"]) / "config.json").is_file()
+
+
+def test_comfyui_renames_replace_whole_name_parts_and_round_trip(trained: SimpleNamespace) -> None:
+    """`[lora] comfyui_names`: whole dot-separated parts, longest first; from_comfyui undoes it exactly."""
+    from ltxc.runner.export import rename_parts, to_comfyui
+
+    names = {"attn1": "self_attn", "to_q": "q", "to_out.0": "o", "ffn.net.0.proj": "ffn.0"}
+    assert rename_parts("blocks.3.attn1.to_q", names) == "blocks.3.self_attn.q"
+    assert rename_parts("blocks.3.attn1.to_out.0", names) == "blocks.3.self_attn.o"
+    assert rename_parts("blocks.3.ffn.net.0.proj", names) == "blocks.3.ffn.0"
+    assert rename_parts("blocks.13.attn10.to_qk", names) == "blocks.13.attn10.to_qk"  # parts, not substrings
+    config = trained.config
+    comfy = to_comfyui(trained.state, config, names)
+    assert not any(".attn1." in key or ".to_q." in key for key in comfy)
+    weights, alphas = from_comfyui(comfy, names)
+    assert set(weights) == set(trained.state)
+    assert all(torch.equal(weights[key], trained.state[key]) for key in weights)
+    assert set(alphas) == {key.removesuffix(".lora_A.weight") for key in trained.state if key.endswith("lora_A.weight")}

@@ -300,3 +300,44 @@ def test_lora_export_loads_into_the_reference_pipeline(trained: Trained) -> None
           f"vs ltxc's checkpoint {agree:.3e}")  # fmt: skip
     assert changed > 1e-3, "the LoRA export does not change the transformer"
     assert agree <= 1e-5
+
+
+@pytest.mark.slow
+def test_comfyui_export_loads_through_the_reference_original_format_converter(trained: Trained) -> None:
+    """The ComfyUI file uses the original checkpoint's module names (Wan: `self_attn.q`, ...; LTX: the same as
+    diffusers'). diffusers' loaders convert exactly that format, so the reference pipeline loading it must give
+    what the diffusers-format export gives. (The `.alpha` entries are dropped for diffusers, which refuses
+    non-LoRA keys; here alpha equals the rank, a scale of 1, so nothing changes.)"""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import load_file, save_file
+
+    from ltxc.compiler import load_plan
+    from ltxc.components import resolve_class
+    from ltxc.verify import build_reference
+
+    root = trained.root
+    plan = load_plan(root / PLAN)
+    export = root / "runs" / "lora" / "export" / "lora"
+    comfy = load_file(export / "comfyui_lora.safetensors")
+    assert all(key.startswith("diffusion_model.") for key in comfy)
+    for key, value in comfy.items():
+        if key.endswith(".alpha"):
+            assert float(value) == float(comfy[key.replace(".alpha", ".lora_A.weight")].shape[0])
+    if plan.spec.lora.comfyui_names:  # the renames reached the file
+        assert not any(part in key for key in comfy for part in plan.spec.lora.comfyui_names), sorted(comfy)[:4]
+    stripped = root / "comfyui-no-alpha.safetensors"
+    save_file({k: v for k, v in comfy.items() if not k.endswith(".alpha")}, str(stripped))
+    pipeline_class = resolve_class(plan.spec.model.reference, DiffusionPipeline)
+
+    def latents(lora: Path) -> torch.Tensor:
+        pipeline = build_reference(pipeline_class, plan.components())
+        pipeline.set_progress_bar_config(disable=True)
+        pipeline.load_lora_weights(str(lora), adapter_name="trained")
+        out = pipeline(prompt=["a red ball"], num_frames=9, height=64, width=96, num_inference_steps=2,
+                       guidance_scale=1.0, max_sequence_length=plan.spec.text.max_length,
+                       generator=torch.Generator().manual_seed(0), output_type="latent")  # fmt: skip
+        return out.frames if hasattr(out, "frames") else out[0]
+
+    difference = (latents(export / "pytorch_lora_weights.safetensors") - latents(stripped)).abs().max().item()
+    print(f"{trained.family}: ComfyUI export via {pipeline_class.__name__}'s converter: max |Δ| {difference:.3e}")
+    assert difference == 0.0

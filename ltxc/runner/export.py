@@ -44,6 +44,7 @@ def export_lora(
     config: LoraConfig,
     diffusers_format: bool = True,
     comfyui: bool = True,
+    comfyui_names: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write the LoRA in the formats asked for; return {"diffusers": path, "comfyui": path}."""
     out_dir = Path(out_dir)
@@ -66,32 +67,60 @@ def export_lora(
             os.replace(Path(tmp) / DIFFUSERS_LORA, out_dir / DIFFUSERS_LORA)
         written["diffusers"] = out_dir / DIFFUSERS_LORA
     if comfyui:
-        comfy = to_comfyui(state, config)
+        comfy = to_comfyui(state, config, comfyui_names)
         rank = int(next(v for k, v in state.items() if k.endswith(".lora_A.weight")).shape[0])
         info = {"format": "pt", "ss_network_dim": str(rank), "ss_network_alpha": str(config.lora_alpha)}
         written["comfyui"] = atomic_write(out_dir / COMFYUI_LORA, lambda tmp: save_file(comfy, tmp, metadata=info))
     return written
 
 
-def to_comfyui(lora_state: Mapping[str, torch.Tensor], config: LoraConfig) -> dict[str, torch.Tensor]:
-    """peft's LoRA state (`<module>.lora_A.weight`, ...) in ComfyUI's keys, with a 0-d alpha per module."""
+def rename_parts(name: str, renames: Mapping[str, str]) -> str:
+    """Replace whole dot-separated runs of `name` by `renames` (longest first, each part at most once)."""
+    parts = name.split(".")
+    out: list[str] = []
+    keys = sorted(((k.split("."), v) for k, v in renames.items()), key=lambda kv: -len(kv[0]))
+    i = 0
+    while i < len(parts):
+        for key, value in keys:
+            if parts[i : i + len(key)] == key:
+                out.append(value)
+                i += len(key)
+                break
+        else:
+            out.append(parts[i])
+            i += 1
+    return ".".join(out)
+
+
+def to_comfyui(
+    lora_state: Mapping[str, torch.Tensor], config: LoraConfig, renames: Mapping[str, str] | None = None
+) -> dict[str, torch.Tensor]:
+    """peft's LoRA state (`<module>.lora_A.weight`, ...) in ComfyUI's keys, with a 0-d alpha per module.
+
+    `renames` maps diffusers module-name parts to the original checkpoint's, which ComfyUI loads by.
+    """
+    renames = renames or {}
     if config.use_dora:
         raise ValueError("DoRA adapters have no ComfyUI export here; train a plain LoRA")
     out: dict[str, torch.Tensor] = {}
     for key, value in lora_state.items():
         if not key.endswith(_LORA_SUFFIXES):
             raise ValueError(f"{key}: only lora_A/lora_B weights have a ComfyUI form (no LoRA biases or extras)")
-        out[COMFYUI_PREFIX + key] = value.contiguous()
-        if key.endswith(".lora_A.weight"):
-            module = key.removesuffix(".lora_A.weight")
+        suffix = ".lora_A.weight" if key.endswith(".lora_A.weight") else ".lora_B.weight"
+        module = rename_parts(key.removesuffix(suffix), renames)
+        out[COMFYUI_PREFIX + module + suffix] = value.contiguous()
+        if suffix == ".lora_A.weight":
             rank = value.shape[0]
             # ComfyUI scales by alpha / rank, so this alpha reproduces peft's scale (also under rsLoRA)
             out[f"{COMFYUI_PREFIX}{module}.alpha"] = torch.tensor(lora_scale(config, rank) * rank, dtype=torch.float32)
     return out
 
 
-def from_comfyui(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def from_comfyui(
+    state: Mapping[str, torch.Tensor], renames: Mapping[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The inverse of `to_comfyui`: peft-named LoRA weights, and each module's alpha."""
+    back = {v: k for k, v in (renames or {}).items()}
     weights: dict[str, torch.Tensor] = {}
     alphas: dict[str, float] = {}
     for key, value in state.items():
@@ -99,9 +128,10 @@ def from_comfyui(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
             raise ValueError(f"{key}: not a ComfyUI diffusion-model LoRA key (expected {COMFYUI_PREFIX}...)")
         name = key.removeprefix(COMFYUI_PREFIX)
         if name.endswith(".alpha"):
-            alphas[name.removesuffix(".alpha")] = float(value.item())
+            alphas[rename_parts(name.removesuffix(".alpha"), back)] = float(value.item())
         elif name.endswith(_LORA_SUFFIXES):
-            weights[name] = value
+            suffix = name[name.rindex(".lora_") :]
+            weights[rename_parts(name.removesuffix(suffix), back) + suffix] = value
         else:
             raise ValueError(f"{key}: unexpected key in a LoRA file")
     return weights, alphas
@@ -177,6 +207,7 @@ def export_trained(
                 config=config,
                 diffusers_format=want_diffusers and reference is not None,
                 comfyui=bool(settings.export_lora_comfyui),
+                comfyui_names=plan.spec.lora.comfyui_names,
             )
             written.update({f"lora_{kind}": path for kind, path in paths.items()})
     elif settings.export_full:

@@ -265,6 +265,7 @@ class Lora:
     targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     rank: int = 32
     alpha: float = 32.0
+    comfyui_names: dict[str, str] = field(factory=dict)
 
 
 @frozen
