@@ -169,43 +169,14 @@ class Sampler:
         bar = tqdm(total=len(timesteps), desc="sample", unit="step", file=sys.stderr, disable=not progress)
         try:
             for i, t in enumerate(timesteps):
-                current = {"": latents, **streams}
-                repeat = 2 if cfg else 1
-                inputs = {name: torch.cat([x] * repeat) for name, x in current.items()}
-                size = batch * repeat
-                # σ and the scheduler's own timestep: the call mapping picks what the model takes
-                env = self.adapter.environment(
-                    inputs.pop(""),
-                    sigmas[i].expand(size),
-                    both,
-                    fps,
-                    timestep=t.expand(size),
-                    streams=inputs,
-                    training=False,
-                    compute_dtype=dtype,
-                )
-                video, others = self.adapter.outputs(transformer, env)
-                predictions = {"": video, **{name: others[name] for name in streams}}
-                perturbed: dict[str, dict[str, Tensor]] = {}
-                if guide.active_terms:
-                    positive = {name: x for name, x in current.items() if name}
-                    env_pos = self.adapter.environment(
-                        latents,
-                        sigmas[i].expand(batch),
-                        text,
-                        fps,
-                        timestep=t.expand(batch),
-                        streams=positive,
-                        training=False,
-                        compute_dtype=dtype,
-                    )
-                    for term in guide.active_terms:
-                        v, o = self.adapter.outputs(transformer, env_pos, term.call)
-                        perturbed[term.name] = {"": v, **{name: o[name] for name in streams}}
-                sigma_i = sigmas[i]
+                current = {"": latents, **streams}  # "" is the video; the rest are joint streams
+                step = _Step(self.adapter, transformer, current, sigmas[i], t, fps, dtype)
+                predictions = step.run(both, 2) if cfg else step.run(text, 1)  # [negative; positive] in one batch
+                # each perturbation: the positive prompt once more, with its call overrides
+                perturbed = {term.name: step.run(text, 1, term.call) for term in guide.active_terms}
                 for name, x in current.items():
                     terms = {term: values[name] for term, values in perturbed.items()}
-                    guided = guide(predictions[name], terms, x, sigma_i, name)
+                    guided = guide(predictions[name], terms, x, sigmas[i], name)
                     step_scheduler = scheduler if name == "" else stream_schedulers[name]
                     stepped = step_scheduler.step(guided, t, x, return_dict=False)[0]
                     if name == "":
@@ -272,6 +243,37 @@ class Sampler:
             video = vae.decode(z, return_dict=False)[0]
         # [B, 3, F, H, W] in [-1, 1] -> [B, F, H, W, 3] in [0, 1], clamped before the float cast like diffusers
         return (video * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).float().cpu()
+
+
+@frozen(eq=False)
+class _Step:
+    """One denoising step's transformer passes: the current latents of the video ("") and the joint streams."""
+
+    adapter: Adapter
+    transformer: torch.nn.Module
+    current: dict[str, Tensor]
+    sigma: Tensor
+    timestep: Tensor
+    fps: float
+    dtype: torch.dtype
+
+    def run(self, text: dict[str, Tensor], copies: int, overrides: Any = None) -> dict[str, Tensor]:
+        """One pass on `copies` stacked copies of the current latents (text already stacked to match)."""
+        inputs = {name: torch.cat([x] * copies) for name, x in self.current.items()}
+        size = next(iter(inputs.values())).shape[0]
+        # σ and the scheduler's own timestep: the call mapping picks what the model takes
+        env = self.adapter.environment(
+            inputs.pop(""),
+            self.sigma.expand(size),
+            text,
+            self.fps,
+            timestep=self.timestep.expand(size),
+            streams=inputs,
+            training=False,
+            compute_dtype=self.dtype,
+        )
+        video, others = self.adapter.outputs(self.transformer, env, overrides)
+        return {"": video, **{name: others[name] for name in inputs}}
 
 
 class _Guide:
