@@ -113,9 +113,9 @@ class Sampler:
         if not prompts:
             raise UserError("no prompts to generate from")
         frames, height, width = (
-            _size(frames, s.frames, "frames"),
-            _size(height, s.height, "height"),
-            _size(width, s.width, "width"),
+            size_or_default(frames, s.frames, "frames"),
+            size_or_default(height, s.height, "height"),
+            size_or_default(width, s.width, "width"),
         )
         shape = self.plan.geometry.latent_shape(frames, height, width)  # a clear ShapeError, never a silent floor
         fps = float(s.fps if fps is None else fps)
@@ -314,7 +314,8 @@ class _Guide:
         return (sample - guided) / sigma
 
 
-def _size(value: int | None, default: int | None, name: str) -> int:
+def size_or_default(value: int | None, default: int | None, name: str) -> int:
+    """`value`, else the spec's default; a clear error when neither is set."""
     if value is None:
         value = default
     if value is None:

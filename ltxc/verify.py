@@ -21,7 +21,7 @@ from attrs import frozen
 from ltxc.components import resolve_class
 from ltxc.normalise import MeanStd
 from ltxc.plan import Plan
-from ltxc.sampler import Sampler
+from ltxc.sampler import Sampler, size_or_default
 from ltxc.spec import UserError
 
 DEFAULT_PROMPT = "a red ball bounces across a wooden floor, soft daylight"
@@ -95,9 +95,9 @@ def verify(
     steps = s.steps if steps is None else steps
     guidance = s.guidance if guidance is None else guidance
     frames, height, width = (
-        _given(frames, s.frames, "frames"),
-        _given(height, s.height, "height"),
-        _given(width, s.width, "width"),
+        size_or_default(frames, s.frames, "frames"),
+        size_or_default(height, s.height, "height"),
+        size_or_default(width, s.width, "width"),
     )
     plan.geometry.check(frames, height, width)  # a clear size error before anything runs
     # the reference's arguments first: a spec naming one it does not take fails before any sampling
@@ -202,14 +202,6 @@ def reference_call(
     if "frame_rate" not in accepted and "fps" not in accepted:
         notes.append("the reference takes no frame rate")
     return kwargs, notes
-
-
-def _given(value: int | None, default: int | None, name: str) -> int:
-    if value is None:
-        value = default
-    if value is None:
-        raise UserError(f"no {name} given and the spec's [sampler] has no default {name}")
-    return int(value)
 
 
 @contextmanager
