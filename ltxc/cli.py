@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ltxc.spec import UserError
+from ltxc.errors import UserError
 
 DEFAULT_PLAN_DIR = Path(".ltxc")
 

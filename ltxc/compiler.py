@@ -21,14 +21,14 @@ from ltxc.components import (
     resolve_component_class,
 )
 from ltxc.components import unknown_config_keys as _unknown_config_keys
+from ltxc.document import Loaded, Locator, validate_data
+from ltxc.errors import ConfigError, Problem, UserError
 from ltxc.geometry import FrameRule, Geometry
 from ltxc.ops import op_table
 from ltxc.plan import PLAN_FORMAT, CompiledPerturbation, CompiledStream, Plan
-from ltxc.spec import Loaded, Locator, SpecError, UserError, spec_from_dict, spec_to_dict
-from ltxc.spec.errors import Problem
+from ltxc.spec import spec_from_dict, spec_to_dict
 from ltxc.spec.expr import Expr, ExprError, compile_expr
-from ltxc.spec.load import validate_data
-from ltxc.spec.types import Component, MeanStd, ShiftScale, Spec
+from ltxc.spec.types import ComponentSpec, MeanStdSpec, ShiftScaleSpec, Spec
 
 # Names a `[transformer.call]` expression may read (besides the geometry numbers, the text outputs and the
 # streams, which depend on the spec).
@@ -124,7 +124,7 @@ def compile_spec(loaded: Loaded) -> Plan:
     if spec.model.reference:
         _check_reference(spec.model.reference, locator, problems)
     if problems:
-        raise SpecError(problems)
+        raise ConfigError(problems)
 
     data = _resolved_data(spec, recipes)
     return Plan(
@@ -274,7 +274,7 @@ def _components(spec: Spec, locator: Locator, problems: list[Problem]) -> dict[s
     return recipes
 
 
-def _source(component: Component, where: tuple[str, ...], locator: Locator, problems: list[Problem]) -> str | None:
+def _source(component: ComponentSpec, where: tuple[str, ...], locator: Locator, problems: list[Problem]) -> str | None:
     has_pretrained, has_config = component.pretrained is not None, component.config is not None
     if component.source == "pretrained" and not has_pretrained:
         problems.append(locator.problem((*where, "pretrained"), 'source = "pretrained" but no pretrained is set'))
@@ -392,9 +392,9 @@ def _perturbations(
 def _check_normaliser(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
     norm = spec.latent.normalise
     fields: dict[str, Any] = {}
-    if isinstance(norm, MeanStd):
+    if isinstance(norm, MeanStdSpec):
         fields = {"mean": norm.mean, "std": norm.std, "scaling_factor": norm.scaling_factor}
-    elif isinstance(norm, ShiftScale):
+    elif isinstance(norm, ShiftScaleSpec):
         fields = {"shift": norm.shift, "scale": norm.scale}
     channels = spec.geometry.latent_channels
     for name, value in fields.items():

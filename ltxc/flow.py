@@ -16,13 +16,13 @@ from torch import Tensor
 
 from ltxc.spec.expr import Expr
 from ltxc.spec.types import (
-    FixedShift,
-    Flow,
-    LogitNormalSigma,
-    NoShift,
-    ResolutionShift,
-    Shift,
-    UniformSigma,
+    FixedShiftSpec,
+    FlowSpec,
+    LogitNormalSigmaSpec,
+    NoShiftSpec,
+    ResolutionShiftSpec,
+    ShiftSpec,
+    UniformSigmaSpec,
 )
 
 # σ is kept strictly inside (0, 1): 0 or 1 exactly would make weights like 1/σ or logit(σ) infinite.
@@ -30,7 +30,7 @@ from ltxc.spec.types import (
 _EPS = float(torch.finfo(torch.float32).eps)
 
 
-def resolution_mu(shift: ResolutionShift, tokens: int) -> float:
+def resolution_mu(shift: ResolutionShiftSpec, tokens: int) -> float:
     """mu for `tokens`: linear through (base_seq_len, base_shift) and (max_seq_len, max_shift), extrapolated."""
     if shift.max_seq_len == shift.base_seq_len:
         raise ValueError(f"resolution shift needs base_seq_len != max_seq_len (both are {shift.base_seq_len})")
@@ -40,13 +40,13 @@ def resolution_mu(shift: ResolutionShift, tokens: int) -> float:
     return tokens * slope + intercept
 
 
-def shift_value(shift: Shift, tokens: int) -> float:
+def shift_value(shift: ShiftSpec, tokens: int) -> float:
     """The shift s for a sample of `tokens` tokens: 1 for none, the value for fixed, exp(mu) for resolution."""
-    if isinstance(shift, NoShift):
+    if isinstance(shift, NoShiftSpec):
         return 1.0
-    if isinstance(shift, FixedShift):
+    if isinstance(shift, FixedShiftSpec):
         return float(shift.value)
-    if isinstance(shift, ResolutionShift):
+    if isinstance(shift, ResolutionShiftSpec):
         return math.exp(resolution_mu(shift, tokens))
     raise TypeError(f"unknown shift {shift!r}")
 
@@ -62,7 +62,7 @@ def apply_shift(sigma: Tensor, s: float) -> Tensor:
 
 
 def sample_sigmas(
-    flow: Flow,
+    flow: FlowSpec,
     batch: int,
     tokens: int,
     generator: torch.Generator,
@@ -82,12 +82,12 @@ def sample_sigmas(
     return sigma.clamp_(_EPS, 1 - _EPS).to(device or generator.device)
 
 
-def _base_draw(flow: Flow, batch: int, draw: dict[str, Any]) -> Tensor:
+def _base_draw(flow: FlowSpec, batch: int, draw: dict[str, Any]) -> Tensor:
     distribution = flow.sigma
     u = torch.rand(batch, **draw)
-    if isinstance(distribution, UniformSigma):
+    if isinstance(distribution, UniformSigmaSpec):
         return u
-    if isinstance(distribution, LogitNormalSigma):
+    if isinstance(distribution, LogitNormalSigmaSpec):
         # The normal by inverse CDF of a uniform, not randn: randn consumes the generator differently from rand
         # (and differently per batch size), which would make later draws depend on the σ distribution.
         z = math.sqrt(2) * torch.erfinv(2 * u.double() - 1)

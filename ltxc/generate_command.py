@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
+from ltxc.errors import UserError
 from ltxc.plan import Plan
-from ltxc.spec.errors import UserError
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from attrs import frozen
 
-from ltxc.spec.errors import UserError
+from ltxc.errors import UserError
 
 
 class ShapeError(UserError):

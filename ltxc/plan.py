@@ -11,10 +11,11 @@ import torch
 from attrs import frozen
 
 from ltxc.components import ComponentRecipe, Components
+from ltxc.errors import UserError
 from ltxc.fileio import atomic_write_json
 from ltxc.geometry import Geometry
 from ltxc.normalise import Identity, MeanStd, Normaliser, ShiftScale
-from ltxc.spec import Spec, UserError
+from ltxc.spec import Spec
 from ltxc.spec import types as spec_types
 from ltxc.spec.expr import Expr
 
@@ -76,11 +77,11 @@ class Plan:
     def normaliser(self, components: Mapping[str, Any]) -> Normaliser:
         """The latent normaliser, reading VAE statistics from `components` where the spec says so."""
         norm = self.spec.latent.normalise
-        if isinstance(norm, spec_types.MeanStd):
+        if isinstance(norm, spec_types.MeanStdSpec):
             mean = _statistic(norm.mean, components)
             std = _statistic(norm.std, components)
             return MeanStd(mean, std, float(_read(norm.scaling_factor, components)))
-        if isinstance(norm, spec_types.ShiftScale):
+        if isinstance(norm, spec_types.ShiftScaleSpec):
             return ShiftScale(float(_read(norm.shift, components)), float(_read(norm.scale, components)))
         return Identity()
 

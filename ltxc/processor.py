@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ltxc.components import Components
+from ltxc.errors import UserError
 from ltxc.plan import Plan
-from ltxc.spec import UserError
 from ltxc.text_clean import clean_caption
 
 

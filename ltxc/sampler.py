@@ -23,12 +23,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ltxc.adapter import Adapter
+from ltxc.errors import UserError
 from ltxc.flow import resolution_mu
 from ltxc.geometry import LatentShape
 from ltxc.plan import Plan
 from ltxc.processor import Processor
-from ltxc.spec import UserError
-from ltxc.spec.types import ResolutionShift
+from ltxc.spec.types import ResolutionShiftSpec
 
 
 @frozen(eq=False)
@@ -217,7 +217,7 @@ class Sampler:
             kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
         else:
             kwargs["num_inference_steps"] = steps
-        if isinstance(s.shift, ResolutionShift):
+        if isinstance(s.shift, ResolutionShiftSpec):
             # The latent grid's size, as the pipelines count it (before patching).
             kwargs["mu"] = resolution_mu(s.shift, shape.frames * shape.height * shape.width)
         scheduler.set_timesteps(**kwargs)

@@ -68,10 +68,10 @@ def _frame_list(plan: Plan) -> str:
     return ", ".join(str(c) for c in counts) + f" (up to {FRAME_LIST_LIMIT})"
 
 
-def _normaliser(norm: spec_types.Normaliser) -> str:
-    if isinstance(norm, spec_types.MeanStd):
+def _normaliser(norm: spec_types.NormaliserSpec) -> str:
+    if isinstance(norm, spec_types.MeanStdSpec):
         return f"mean_std: (z - {_ref(norm.mean)}) * {norm.scaling_factor} / {_ref(norm.std)}"
-    if isinstance(norm, spec_types.ShiftScale):
+    if isinstance(norm, spec_types.ShiftScaleSpec):
         return f"shift_scale: (z - {norm.shift}) * {norm.scale}"
     return "none"
 
@@ -80,10 +80,10 @@ def _ref(value: object) -> str:
     return value if isinstance(value, str) else f"[{len(value)} values]"  # type: ignore[arg-type]
 
 
-def _shift(shift: spec_types.Shift) -> str:
-    if isinstance(shift, spec_types.FixedShift):
+def _shift(shift: spec_types.ShiftSpec) -> str:
+    if isinstance(shift, spec_types.FixedShiftSpec):
         return f"fixed {shift.value:g}"
-    if isinstance(shift, spec_types.ResolutionShift):
+    if isinstance(shift, spec_types.ResolutionShiftSpec):
         return (
             f"resolution (mu {shift.base_shift:g} at {shift.base_seq_len} tokens -> "
             f"{shift.max_shift:g} at {shift.max_seq_len})"

@@ -9,12 +9,12 @@ from pathlib import Path
 import attrs
 
 from ltxc.defaults import resolve_plan
+from ltxc.errors import UserError
 from ltxc.fileio import atomic_write_json
+from ltxc.runner.config import SYNTHETIC_MEDIA, RunConfig, load_run_config, run_config_to_dict
 from ltxc.runner.optim import OptimSettings
 from ltxc.runner.train import TrainResult, TrainSettings, train
 from ltxc.runner.validation import ValidationSettings
-from ltxc.spec.errors import UserError
-from ltxc.spec.run import SYNTHETIC_MEDIA, RunConfig, load_run_config, run_config_to_dict
 
 # The embedded default's synthetic set: 4 clips that differ in colour, background and direction (so each caption
 # names one clip), all stored at the tiny spec's sampler size (96x64: one bucket, the shape `ltxc run generate`
@@ -171,10 +171,10 @@ def run_export(*, run_dir: Path, checkpoint: Path | None, out: Path | None, devi
 
     from ltxc.compiler import plan_from_json
     from ltxc.runner.checkpoint import latest_checkpoint, load_weights
+    from ltxc.runner.config import run_config_from_dict
     from ltxc.runner.distributed import init_distributed, shutdown
     from ltxc.runner.export import export_trained
     from ltxc.runner.train import build_model
-    from ltxc.spec.run import run_config_from_dict
 
     record_path = run_dir / "run.json"
     if not record_path.exists():

@@ -19,10 +19,10 @@ import torch
 from attrs import frozen
 
 from ltxc.components import resolve_class
+from ltxc.errors import UserError
 from ltxc.normalise import MeanStd
 from ltxc.plan import Plan
 from ltxc.sampler import Sampler, size_or_default
-from ltxc.spec import UserError
 
 DEFAULT_PROMPT = "a red ball bounces across a wooden floor, soft daylight"
 DEFAULT_TOLERANCE = 1e-4

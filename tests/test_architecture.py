@@ -1,6 +1,7 @@
 """Architecture guards: the rules in DESIGN.md that no single feature test would notice breaking.
 
-(a) `ltxc.spec` imports no torch (and nothing else of ltxc), checked in a fresh interpreter;
+(a) `ltxc.spec` imports no torch (and nothing of ltxc but its leaves `ltxc.errors` and `ltxc.document`), checked
+    in a fresh interpreter; `ltxc.runner` never imports the spec layer;
 (b) every key in schemas/spec.schema.json has a non-empty description;
 (c) the schema and the attrs classes in ltxc/spec/types.py describe the same keys, required keys,
     scalar types and enums, both ways (tagged unions variant by variant against their if/then branch);
@@ -44,9 +45,10 @@ def schema() -> dict[str, Any]:
 def test_spec_package_imports_no_torch():
     code = (
         "import sys\n"
-        "import ltxc.spec, ltxc.spec.load, ltxc.spec.expr, ltxc.spec.types, ltxc.spec.locate, ltxc.spec.errors\n"
+        "import ltxc.spec, ltxc.spec.load, ltxc.spec.expr, ltxc.spec.types\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules)\n"
-        "others = sorted(m for m in sys.modules if m.startswith('ltxc.') and not m.startswith('ltxc.spec'))\n"
+        "allowed = ('ltxc.spec', 'ltxc.errors', 'ltxc.document')\n"
+        "others = sorted(m for m in sys.modules if m.startswith('ltxc.') and not m.startswith(allowed))\n"
         "print(heavy, others)\n"
         "assert 'torch' not in sys.modules, heavy\n"
         "assert not heavy and not others, (heavy, others)\n"
@@ -55,10 +57,10 @@ def test_spec_package_imports_no_torch():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_spec_package_imports_nothing_else_of_ltxc():
-    """Static check, so a lazy (function-level) import of ltxc.compiler from spec/ is caught too."""
-    offenders = []
-    for path in sorted((LTXC / "spec").rglob("*.py")):
+def _ltxc_imports(package: Path) -> list[tuple[str, str]]:
+    """(where, module) for every import in a package's source, function-level imports included."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             modules = []
             if isinstance(node, ast.Import):
@@ -67,12 +69,42 @@ def test_spec_package_imports_nothing_else_of_ltxc():
                 modules = [node.module]
             elif isinstance(node, ast.ImportFrom) and node.level > 1:
                 modules = [f"..{node.module or ''}"]
-            for module in modules:
-                if module.startswith("..") or (module.startswith("ltxc") and not module.startswith("ltxc.spec")):
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {module}")
-                if module.split(".")[0] == "torch":
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {module}")
+            found += [(f"{path.relative_to(ROOT)}:{node.lineno}", module) for module in modules]
+    return found
+
+
+def test_spec_package_imports_nothing_else_of_ltxc():
+    """Static check, so a lazy (function-level) import of ltxc.compiler from spec/ is caught too."""
+    allowed = ("ltxc.spec", "ltxc.errors", "ltxc.document")
+    offenders = [
+        f"{where}: {module}"
+        for where, module in _ltxc_imports(LTXC / "spec") + _ltxc_imports(LTXC / "document")
+        if module.startswith("..")
+        or (module.startswith("ltxc") and not module.startswith(allowed))
+        or module.split(".")[0] == "torch"
+    ]
     assert offenders == []
+
+
+def test_runner_never_imports_the_spec_layer():
+    """The runner takes a Plan and its own run config; spec classes and spec loading are the compiler's."""
+    offenders = [
+        f"{where}: {module}" for where, module in _ltxc_imports(LTXC / "runner") if module.startswith("ltxc.spec")
+    ]
+    assert offenders == []
+    # and it reads compiled settings, never the raw spec through the plan
+    raw = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in sorted((LTXC / "runner").rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if re.search(r"\bplan\.spec\b", line)
+    ]
+    assert raw == []
+
+
+def test_the_import_guards_see_function_level_imports():
+    found = dict((module, where) for where, module in _ltxc_imports(LTXC / "runner"))
+    assert "ltxc.runner.config" in found or "ltxc.runner.distributed" in found
 
 
 # --- (b) every key is described --------------------------------------------------------------------------
@@ -303,7 +335,7 @@ def test_the_schema_comparison_is_not_vacuous(schema):
 
 def test_class_key_is_spelled_class(schema):
     """`class` is not a Python name: the attrs field `cls` carries the TOML key in its metadata."""
-    (cls_field,) = [f for f in attrs.fields(spec_types.Component) if f.name == "cls"]
+    (cls_field,) = [f for f in attrs.fields(spec_types.ComponentSpec) if f.name == "cls"]
     assert cls_field.metadata == {"key": "class"}
     assert "class" in schema["$defs"]["component"]["properties"]
     assert "cls" not in schema["$defs"]["component"]["properties"]

@@ -25,8 +25,8 @@ from ltxc.data.buckets import (
     pick_frames,
     resolution_buckets,
 )
+from ltxc.errors import UserError
 from ltxc.geometry import FrameRule, Geometry, ShapeError
-from ltxc.spec.errors import UserError
 
 PROPERTY = settings(max_examples=80, deadline=None)
 TIE = 1e-12  # log errors closer than this are the same aspect, up to rounding

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ltxc.data.cache import Cache, CacheMismatch, describe_difference
-from ltxc.spec.errors import UserError
+from ltxc.errors import UserError
 
 HEADER = {"format": 1, "spec": {"name": "m", "hash": "abc"}, "settings": {"fps": 25.0, "max_frames": 9}}
 

@@ -30,8 +30,9 @@ from conftest import SPECS, TINY_LTX, run_cli
 
 from ltxc.compiler import compile_spec
 from ltxc.components import ComponentError, ComponentRecipe, resolve_class, resolve_component_class
+from ltxc.errors import ConfigError
 from ltxc.plan import Plan
-from ltxc.spec import SpecError, load_spec
+from ltxc.spec import load_spec
 
 REAL_LTX = SPECS / "ltx.toml"
 MODULES = ("transformer", "vae", "text_encoder")
@@ -413,7 +414,7 @@ def test_disallowed_class_in_spec_is_a_compile_error(tmp_path: Path, capsys: pyt
         tmp_path / "evil.toml",
         f'[model]\nname = "evil"\nextends = {toml_str(TINY_LTX)}\n\n[components.vae]\nclass = "os:system"\n',
     )
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_file(spec)
     assert [p.path for p in info.value.problems] == ["components.vae.class"]
     code, _, err = run_cli(capsys, "compile", str(spec), "--out", str(tmp_path / "out"))
@@ -434,7 +435,7 @@ def test_inline_config_typo_is_a_compile_error(tmp_path: Path, capsys: pytest.Ca
         "[components.text_encoder.config]\nd_modl = 32\n\n"
         "[components.scheduler.config]\nshif = 2.0\n",
     )
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_file(spec)
     problems = {p.path: p for p in info.value.problems}
     assert set(problems) == {
@@ -476,7 +477,7 @@ def test_both_pretrained_and_config_need_source(tmp_path: Path, capsys: pytest.C
     parent = f'[model]\nname = "both"\nextends = {toml_str(REAL_LTX)}\n\n[components.vae]\n'
     config = "config = { latent_channels = 128 }\n"
     spec = write_spec(tmp_path / "both.toml", parent + config)
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_file(spec)
     [problem] = info.value.problems
     assert problem.path == "components.vae"
@@ -495,7 +496,7 @@ def test_both_pretrained_and_config_need_source(tmp_path: Path, capsys: pytest.C
 
 def test_neither_pretrained_nor_config_is_an_error(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "neither.toml", _real_spec_without_transformer_pretrained())
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_file(spec)
     [problem] = info.value.problems
     assert problem.path == "components.transformer"
@@ -504,7 +505,7 @@ def test_neither_pretrained_nor_config_is_an_error(tmp_path: Path) -> None:
 
 def test_source_config_without_config_is_an_error(tmp_path: Path) -> None:
     text = REAL_LTX.read_text().replace("[components.vae]\n", '[components.vae]\nsource = "config"\n', 1)
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_file(write_spec(tmp_path / "source_config.toml", text))
     [problem] = info.value.problems
     assert problem.path == "components.vae.config"
@@ -515,7 +516,7 @@ def test_source_pretrained_without_pretrained_is_an_error(tmp_path: Path) -> Non
     text = _real_spec_without_transformer_pretrained().replace(
         "[components.transformer]\n", '[components.transformer]\nsource = "pretrained"\n', 1
     )
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_file(write_spec(tmp_path / "source_pretrained.toml", text))
     [problem] = info.value.problems
     assert problem.path == "components.transformer.pretrained"
@@ -532,7 +533,7 @@ def test_missing_local_pretrained_dir_is_a_compile_error(tmp_path: Path) -> None
         f'[model]\nname = "missing"\nextends = {toml_str(REAL_LTX)}\n\n'
         '[components.vae]\npretrained = "./does-not-exist"\n',
     )
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_file(spec)
     [problem] = info.value.problems
     assert problem.path == "components.vae.pretrained"
@@ -544,6 +545,6 @@ def test_transformers_config_key_must_be_a_config_field(tmp_path: Path) -> None:
         tmp_path / "method.toml",
         f'[model]\nname = "method"\nextends = {toml_str(TINY_LTX)}\n\n[components.text_encoder.config]\nto_dict = 1\n',
     )
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_file(spec)
     assert [p.path for p in info.value.problems] == ["components.text_encoder.config.to_dict"]

@@ -19,7 +19,7 @@ from ltxc.data.cache import Cache
 from ltxc.data.dataset import CacheDataset, collate
 from ltxc.data.loader import make_loader, restore_sampler, sampler_state
 from ltxc.data.sampler import BucketBatchSampler
-from ltxc.spec.errors import UserError
+from ltxc.errors import UserError
 
 HEADER = {"format": 1, "spec": {"name": "m", "hash": "abc"}, "null_conditioning": "null.safetensors"}
 TEXT = (6, 4)  # [L, D] of the fake text embeddings

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ltxc.data.discover import Rejected, Sample, discover, sample_id
-from ltxc.spec.errors import UserError
+from ltxc.errors import UserError
 
 
 def touch(root: Path, *names: str) -> None:

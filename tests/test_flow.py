@@ -1,4 +1,4 @@
-"""Flow matching (`ltxc.flow`): σ sampling, the shifts, noising, the velocity target, loss weights and the loss.
+"""FlowSpec matching (`ltxc.flow`): σ sampling, the shifts, noising, the velocity target, loss weights and the loss.
 
 σ samplers are checked on 200k draws with fixed seeds: uniform mean and quantiles; logit-normal median
 and logit-quantiles against N(mean, std); a fixed shift's quantiles against the shift formula applied to
@@ -32,20 +32,27 @@ from ltxc.flow import (
     shift_value,
 )
 from ltxc.spec.expr import compile_expr
-from ltxc.spec.types import FixedShift, Flow, LogitNormalSigma, NoShift, ResolutionShift, UniformSigma
+from ltxc.spec.types import (
+    FixedShiftSpec,
+    FlowSpec,
+    LogitNormalSigmaSpec,
+    NoShiftSpec,
+    ResolutionShiftSpec,
+    UniformSigmaSpec,
+)
 
 N = 200_000
 QS = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9], dtype=torch.float64)
-LTX_SHIFT = ResolutionShift(kind="resolution", base_seq_len=1024, max_seq_len=4096, base_shift=0.95, max_shift=2.05)
+LTX_SHIFT = ResolutionShiftSpec(kind="resolution", base_seq_len=1024, max_seq_len=4096, base_shift=0.95, max_shift=2.05)
 TOKEN_COUNTS = [256, 1024, 2048, 4096, 6144, 13376]
-UNIFORM = UniformSigma(kind="uniform")
+UNIFORM = UniformSigmaSpec(kind="uniform")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _draw(flow: Flow, tokens: int = 1024, seed: int = 0, n: int = N) -> torch.Tensor:
+def _draw(flow: FlowSpec, tokens: int = 1024, seed: int = 0, n: int = N) -> torch.Tensor:
     return sample_sigmas(flow, n, tokens, _gen(seed))
 
 
@@ -61,7 +68,7 @@ def _normal_quantiles(mean: float, std: float) -> torch.Tensor:
 
 
 def test_uniform_mean_and_quantiles():
-    sigma = _draw(Flow(sigma=UNIFORM))
+    sigma = _draw(FlowSpec(sigma=UNIFORM))
     # The standard error of the mean is 0.289 / sqrt(200k) ≈ 6.5e-4, of each quantile ≈ 1e-3.
     assert abs(sigma.double().mean().item() - 0.5) < 0.003
     assert torch.allclose(_quantiles(sigma), QS, atol=0.005)
@@ -70,7 +77,7 @@ def test_uniform_mean_and_quantiles():
 
 @pytest.mark.parametrize(("mean", "std"), [(0.0, 1.0), (0.5, 1.5), (-1.0, 0.5)])
 def test_logit_normal_logit_quantiles_match_the_normal(mean: float, std: float):
-    sigma = _draw(Flow(sigma=LogitNormalSigma(kind="logit_normal", mean=mean, std=std)))
+    sigma = _draw(FlowSpec(sigma=LogitNormalSigmaSpec(kind="logit_normal", mean=mean, std=std)))
     logit = torch.logit(sigma.double())
     assert torch.allclose(_quantiles(logit), _normal_quantiles(mean, std), atol=0.02)
     assert abs(sigma.double().median().item() - torch.sigmoid(torch.tensor(mean)).item()) < 0.005
@@ -78,7 +85,7 @@ def test_logit_normal_logit_quantiles_match_the_normal(mean: float, std: float):
 
 def test_logit_normal_differs_from_uniform():
     # The median alone can't tell them apart (both 0.5); the spread can: logit-normal(0, 1) is centred.
-    sigma = _draw(Flow(sigma=LogitNormalSigma(kind="logit_normal")))
+    sigma = _draw(FlowSpec(sigma=LogitNormalSigmaSpec(kind="logit_normal")))
     assert abs(sigma.double().median().item() - 0.5) < 0.005
     inner = ((sigma > 0.25) & (sigma < 0.75)).double().mean().item()
     # P(|Z| < logit(0.75)) = P(|Z| < 1.0986) ≈ 0.728, against 0.5 for uniform.
@@ -90,21 +97,22 @@ def test_logit_normal_differs_from_uniform():
 
 def test_fixed_shift_quantiles_follow_the_formula():
     s = 3.0
-    shifted = _draw(Flow(sigma=UNIFORM, shift=FixedShift(kind="fixed", value=s)))
+    shifted = _draw(FlowSpec(sigma=UNIFORM, shift=FixedShiftSpec(kind="fixed", value=s)))
     # The shift is monotone, so the q-quantile of shifted σ is the shift of the base q-quantile (= q).
     assert torch.allclose(_quantiles(shifted), s * QS / (1 + (s - 1) * QS), atol=0.005)
 
-    logit_normal = LogitNormalSigma(kind="logit_normal", mean=0.0, std=1.0)
-    shifted = _draw(Flow(sigma=logit_normal, shift=FixedShift(kind="fixed", value=s)), seed=1)
+    logit_normal = LogitNormalSigmaSpec(kind="logit_normal", mean=0.0, std=1.0)
+    shifted = _draw(FlowSpec(sigma=logit_normal, shift=FixedShiftSpec(kind="fixed", value=s)), seed=1)
     base_q = torch.sigmoid(_normal_quantiles(0.0, 1.0))
     assert torch.allclose(_quantiles(shifted), s * base_q / (1 + (s - 1) * base_q), atol=0.005)
 
 
 def test_shift_is_applied_to_the_same_draws():
     # Same seed, same base draws: the shifted sampler is exactly the shift of the unshifted one.
-    flow = Flow(sigma=LogitNormalSigma(kind="logit_normal", mean=0.3, std=0.8))
+    flow = FlowSpec(sigma=LogitNormalSigmaSpec(kind="logit_normal", mean=0.3, std=0.8))
     plain = sample_sigmas(flow, 4096, 1024, _gen(5))
-    shifted = sample_sigmas(Flow(sigma=flow.sigma, shift=FixedShift(kind="fixed", value=2.5)), 4096, 1024, _gen(5))
+    fixed = FixedShiftSpec(kind="fixed", value=2.5)
+    shifted = sample_sigmas(FlowSpec(sigma=flow.sigma, shift=fixed), 4096, 1024, _gen(5))
     assert torch.allclose(shifted, apply_shift(plain, 2.5), atol=1e-6)
     assert not torch.allclose(shifted, plain, atol=1e-3)
 
@@ -147,23 +155,25 @@ def test_apply_shift_equals_diffusers_exponential_time_shift(tokens: int):
 @pytest.mark.parametrize("tokens", TOKEN_COUNTS)
 def test_resolution_shift_sampler_follows_the_formula(tokens: int):
     s = math.exp(resolution_mu(LTX_SHIFT, tokens))
-    sigma = _draw(Flow(sigma=UNIFORM, shift=LTX_SHIFT), tokens=tokens, seed=tokens)
+    sigma = _draw(FlowSpec(sigma=UNIFORM, shift=LTX_SHIFT), tokens=tokens, seed=tokens)
     assert torch.allclose(_quantiles(sigma), s * QS / (1 + (s - 1) * QS), atol=0.005)
     # And exactly the fixed shift with s = exp(mu), on the same draws.
-    fixed = _draw(Flow(sigma=UNIFORM, shift=FixedShift(kind="fixed", value=s)), tokens=tokens, seed=tokens)
+    fixed = _draw(FlowSpec(sigma=UNIFORM, shift=FixedShiftSpec(kind="fixed", value=s)), tokens=tokens, seed=tokens)
     assert torch.allclose(sigma, fixed, atol=1e-6)
 
 
 def test_more_tokens_mean_more_noise():
-    flow = Flow(sigma=LogitNormalSigma(kind="logit_normal"), shift=LTX_SHIFT)
+    flow = FlowSpec(sigma=LogitNormalSigmaSpec(kind="logit_normal"), shift=LTX_SHIFT)
     medians = [_draw(flow, tokens=t, n=20_000).median().item() for t in TOKEN_COUNTS]
     assert medians == sorted(medians) and medians[-1] - medians[0] > 0.3
 
 
 def test_no_shift_is_one_and_resolution_needs_two_lengths():
-    assert shift_value(NoShift(kind="none"), 123456) == 1.0
-    assert shift_value(FixedShift(kind="fixed", value=3.0), 17) == 3.0
-    degenerate = ResolutionShift(kind="resolution", base_seq_len=1024, max_seq_len=1024, base_shift=1.0, max_shift=2.0)
+    assert shift_value(NoShiftSpec(kind="none"), 123456) == 1.0
+    assert shift_value(FixedShiftSpec(kind="fixed", value=3.0), 17) == 3.0
+    degenerate = ResolutionShiftSpec(
+        kind="resolution", base_seq_len=1024, max_seq_len=1024, base_shift=1.0, max_shift=2.0
+    )
     with pytest.raises(ValueError, match="base_seq_len != max_seq_len"):
         resolution_mu(degenerate, 2048)
     with pytest.raises(ValueError, match="positive"):
@@ -193,7 +203,7 @@ def test_apply_shift_properties(sigma: list[float], a: float, b: float):
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 def test_uniform_fraction_replaces_that_share_with_unshifted_uniform(fraction: float):
     # s = 1e6 pushes every shifted σ above 0.99 (unless the base σ < 1e-4), so σ < 0.99 marks a uniform draw.
-    flow = Flow(sigma=UNIFORM, shift=FixedShift(kind="fixed", value=1e6), uniform_fraction=fraction)
+    flow = FlowSpec(sigma=UNIFORM, shift=FixedShiftSpec(kind="fixed", value=1e6), uniform_fraction=fraction)
     sigma = _draw(flow)
     low = sigma[sigma < 0.99]
     assert abs(low.numel() / N - fraction * 0.99) < 0.005
@@ -206,7 +216,7 @@ def test_uniform_fraction_replaces_that_share_with_unshifted_uniform(fraction: f
 
 def test_uniform_fraction_is_per_sample():
     # One coin per sample, not per batch: small batches mix replaced and shifted samples.
-    flow = Flow(sigma=UNIFORM, shift=FixedShift(kind="fixed", value=1e6), uniform_fraction=0.5)
+    flow = FlowSpec(sigma=UNIFORM, shift=FixedShiftSpec(kind="fixed", value=1e6), uniform_fraction=0.5)
     generator = _gen(3)
     mixed = 0
     for _ in range(50):
@@ -224,8 +234,8 @@ def test_sigmas_are_float32_whatever_the_default_dtype(default: torch.dtype):
     torch.set_default_dtype(default)
     try:
         for flow in (
-            Flow(sigma=UNIFORM, shift=LTX_SHIFT, uniform_fraction=0.1),
-            Flow(sigma=LogitNormalSigma(kind="logit_normal"), shift=FixedShift(kind="fixed", value=3.0)),
+            FlowSpec(sigma=UNIFORM, shift=LTX_SHIFT, uniform_fraction=0.1),
+            FlowSpec(sigma=LogitNormalSigmaSpec(kind="logit_normal"), shift=FixedShiftSpec(kind="fixed", value=3.0)),
         ):
             sigma = sample_sigmas(flow, 64, 2048, _gen(), device="cpu")
             assert sigma.dtype == torch.float32 and sigma.shape == (64,)
@@ -235,7 +245,7 @@ def test_sigmas_are_float32_whatever_the_default_dtype(default: torch.dtype):
 
 
 def test_same_seed_same_sigmas_and_generator_advances():
-    flow = Flow(sigma=LogitNormalSigma(kind="logit_normal"), shift=LTX_SHIFT, uniform_fraction=0.2)
+    flow = FlowSpec(sigma=LogitNormalSigmaSpec(kind="logit_normal"), shift=LTX_SHIFT, uniform_fraction=0.2)
     a = sample_sigmas(flow, 32, 3000, _gen(7))
     b = sample_sigmas(flow, 32, 3000, _gen(7))
     assert torch.equal(a, b)
@@ -249,7 +259,8 @@ def test_same_seed_same_sigmas_and_generator_advances():
 def test_generator_advances_the_same_whatever_the_settings(batch: int):
     # Changing the σ settings must not shift the random stream that later draws (noise, dropout) see.
     after = []
-    for flow in (Flow(), Flow(sigma=LogitNormalSigma(kind="logit_normal"), shift=LTX_SHIFT, uniform_fraction=0.5)):
+    logit_normal = LogitNormalSigmaSpec(kind="logit_normal")
+    for flow in (FlowSpec(), FlowSpec(sigma=logit_normal, shift=LTX_SHIFT, uniform_fraction=0.5)):
         generator = _gen(11)
         sample_sigmas(flow, batch, 1024, generator)
         after.append(torch.rand(4, generator=generator))
@@ -259,16 +270,16 @@ def test_generator_advances_the_same_whatever_the_settings(batch: int):
 @pytest.mark.parametrize("mean", [-120.0, 30.0])
 def test_sigmas_stay_strictly_inside_the_unit_interval(mean: float):
     # sigmoid(±30) and beyond round to exactly 0 or 1 in float32; the sampler keeps σ strictly inside (0, 1).
-    flow = Flow(sigma=LogitNormalSigma(kind="logit_normal", mean=mean, std=1.0))
+    flow = FlowSpec(sigma=LogitNormalSigmaSpec(kind="logit_normal", mean=mean, std=1.0))
     sigma = sample_sigmas(flow, 1000, 1024, _gen())
     assert ((sigma > 0) & (sigma < 1)).all()
-    huge = sample_sigmas(Flow(shift=FixedShift(kind="fixed", value=1e30)), 1000, 1024, _gen())
+    huge = sample_sigmas(FlowSpec(shift=FixedShiftSpec(kind="fixed", value=1e30)), 1000, 1024, _gen())
     assert (huge < 1).all()
 
 
 def test_batch_must_be_positive():
     with pytest.raises(ValueError, match="batch"):
-        sample_sigmas(Flow(), 0, 1024, _gen())
+        sample_sigmas(FlowSpec(), 0, 1024, _gen())
 
 
 # --- noising and target ---------------------------------------------------------------------------------
@@ -393,7 +404,7 @@ def test_ltx_spec_flow_drives_the_sampler_and_the_loss():
 
     plan = compile_spec(load_spec(SPECS / "ltx.toml"))
     flow = plan.spec.flow
-    assert isinstance(flow.shift, ResolutionShift) and flow.uniform_fraction > 0
+    assert isinstance(flow.shift, ResolutionShiftSpec) and flow.uniform_fraction > 0
     # LTXPipeline's sequence length is latent frames × height × width: 161 frames at 480×704 → 21·15·22.
     tokens = 21 * 15 * 22
     sigma = sample_sigmas(flow, 4096, tokens, _gen())

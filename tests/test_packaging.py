@@ -39,7 +39,7 @@ def test_installed_package_uses_its_own_schemas(wheel: Path, tmp_path: Path) -> 
     zipfile.ZipFile(wheel).extractall(site)
     code = (
         "import ltxc, sys\n"
-        "from ltxc.spec.load import schema_path\n"
+        "from ltxc.document.load import schema_path\n"
         "from ltxc.spec import load_spec\n"
         "p = schema_path('spec.schema.json')\n"
         "assert str(p).startswith(sys.argv[1]), p\n"

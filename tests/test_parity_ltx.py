@@ -179,16 +179,16 @@ def test_plan_normaliser_shift_scale_and_none() -> None:
     components = plan.components()
     x = randn(2, CHANNELS, 2, 2, 2, seed=31)
 
-    literal = with_normaliser(plan, spec_types.ShiftScale("shift_scale", 0.25, 4.0)).normaliser(components)
+    literal = with_normaliser(plan, spec_types.ShiftScaleSpec("shift_scale", 0.25, 4.0)).normaliser(components)
     assert literal == ShiftScale(0.25, 4.0)
     torch.testing.assert_close(literal.normalise(x), (x - 0.25) * 4.0)
     torch.testing.assert_close(literal.denormalise(literal.normalise(x)), x)
 
     # a reference to a component's config, read at build time
-    referenced = with_normaliser(plan, spec_types.ShiftScale("shift_scale", 0.5, "vae.config.scaling_factor"))
+    referenced = with_normaliser(plan, spec_types.ShiftScaleSpec("shift_scale", 0.5, "vae.config.scaling_factor"))
     assert referenced.normaliser(components) == ShiftScale(0.5, float(components["vae"].config.scaling_factor))
 
-    identity = with_normaliser(plan, spec_types.NoNormalise("none")).normaliser(components)
+    identity = with_normaliser(plan, spec_types.NoNormaliseSpec("none")).normaliser(components)
     assert isinstance(identity, Identity)
     assert torch.equal(identity.normalise(x), x)
 

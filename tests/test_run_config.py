@@ -30,8 +30,8 @@ import pytest
 from conftest import ROOT, SPECS
 from test_architecture import _check_class, _described_keys
 
-from ltxc.spec import SpecError, UserError
-from ltxc.spec.run import (
+from ltxc.errors import ConfigError, UserError
+from ltxc.runner.config import (
     SYNTHETIC_MEDIA,
     DataSection,
     ExportSection,
@@ -78,8 +78,8 @@ def line_of(path: Path, needle: str) -> int:
 
 
 def errors(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> list[tuple[str, int, str, str]]:
-    """Load expecting a SpecError; its lines as (file, line, key path, message)."""
-    with pytest.raises(SpecError) as info:
+    """Load expecting a ConfigError; its lines as (file, line, key path, message)."""
+    with pytest.raises(ConfigError) as info:
         load_run_config(path, overrides)
     found = []
     for line in str(info.value).splitlines():
@@ -283,10 +283,10 @@ def test_every_error_is_reported_at_once(tmp_path):
 
 def test_invalid_toml_and_missing_file(tmp_path):
     path = write(tmp_path, "[train]\nsteps = = 1\n")
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         load_run_config(path)
     assert str(info.value).startswith(f"{path}:2: not valid TOML")
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         load_run_config(tmp_path / "nope.toml")
     assert str(info.value) == f"{tmp_path / 'nope.toml'}:1: file not found"
 
@@ -560,14 +560,14 @@ def test_run_reference_matches_schema():
     assert "Default: `[0.9, 0.999]`." in committed
 
 
-def test_spec_package_still_imports_no_torch():
+def test_reading_a_run_config_imports_no_torch_and_no_spec():
     code = (
         "import sys\n"
-        "import ltxc.spec, ltxc.spec.run\n"
-        "from ltxc.spec import load_run_config\n"
+        "from ltxc.runner.config import load_run_config\n"
         "load_run_config(None, ['train.steps=5'])\n"
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules)\n"
-        "others = sorted(m for m in sys.modules if m.startswith('ltxc.') and not m.startswith('ltxc.spec'))\n"
+        "leaves = ('ltxc.runner', 'ltxc.document', 'ltxc.errors')\n"
+        "others = sorted(m for m in sys.modules if m.startswith('ltxc.') and not m.startswith(leaves))\n"
         "assert not heavy and not others, (heavy, others)\n"
         "print('ok')\n"
     )

@@ -30,14 +30,14 @@ from diffusers import LTX2Pipeline, WanPipeline
 
 from ltxc.adapter import Adapter
 from ltxc.compiler import compile_spec
+from ltxc.errors import ConfigError, Problem, UserError
 from ltxc.plan import Plan
 from ltxc.processor import Processor
 from ltxc.runner.distributed import init_distributed
 from ltxc.runner.lora import add_lora, lora_config, lora_state_dict
 from ltxc.runner.train import TrainSettings, build_model
 from ltxc.sampler import Sampler, _Guide
-from ltxc.spec import SpecError, UserError, load_spec
-from ltxc.spec.errors import Problem
+from ltxc.spec import load_spec
 from ltxc.verify import build_reference, reference_call
 
 TINY_LTX2 = SPECS / "tiny" / "ltx-2.3.toml"
@@ -383,7 +383,7 @@ def test_zero_weight_perturbations_are_skipped(components: Any, tmp_path: Path) 
 
 def compile_problem(spec: Path) -> Problem:
     """Compile `spec`, which must fail with exactly one `FILE:LINE: key.path: message` problem."""
-    with pytest.raises(SpecError) as info:
+    with pytest.raises(ConfigError) as info:
         compile_spec(load_spec(spec))
     problems = info.value.problems
     assert len(problems) == 1, str(info.value)

@@ -57,6 +57,7 @@ from ltxc.adapter import Adapter, cfg_dropout, dropout_decisions
 from ltxc.compiler import compile_spec
 from ltxc.components import ComponentRecipe
 from ltxc.data.dataset import CacheDataset
+from ltxc.errors import UserError
 from ltxc.media.synthetic import make_sample_dataset
 from ltxc.plan import Plan
 from ltxc.preprocess.run import preprocess
@@ -67,7 +68,6 @@ from ltxc.runner.metrics import read_metrics
 from ltxc.runner.optim import OptimSettings, lr_factor, make_scheduler
 from ltxc.runner.train import TrainingDiverged, TrainResult, TrainSettings, train
 from ltxc.spec import load_spec
-from ltxc.spec.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RANK, ALPHA = 4, 8.0  # alpha != rank, so an export that loses the scale shows

@@ -15,7 +15,8 @@ import pytest
 from conftest import TINY_LTX, run_cli
 
 from ltxc.compiler import compile_spec
-from ltxc.spec import UserError, load_spec
+from ltxc.errors import UserError
+from ltxc.spec import load_spec
 from ltxc.verify import build_reference, helper_checks
 
 CHECKS = ("pack", "unpack", "normalise", "denormalise", "latents", "frames")

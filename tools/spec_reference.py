@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from ltxc.spec.load import load_schema
+from ltxc.document.load import load_schema
 
 TITLES = {"spec.schema.json": "Spec reference", "run.schema.json": "Run config reference"}
 

@@ -12,8 +12,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from ltxc.errors import UserError
 from ltxc.geometry import Geometry, ShapeError
-from ltxc.spec.errors import UserError
 
 DEFAULT_ASPECTS: tuple[float, ...] = (1.0, 4 / 3, 3 / 4, 16 / 9, 9 / 16, 3 / 2, 2 / 3)
 # Exact aspects are often only reachable far below the budget (16:9 in multiples of 32 within

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ltxc.errors import UserError
 from ltxc.fileio import atomic_write, atomic_write_json, atomic_write_jsonl, json_line, remove_leftover_tmp
-from ltxc.spec.errors import UserError
 
 CACHE_FORMAT = 1
 HEADER = "cache.json"

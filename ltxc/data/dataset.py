@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from ltxc.data.cache import CACHE_FORMAT, HEADER, JOURNAL, MANIFEST, NULL, Cache
-from ltxc.spec.errors import UserError
+from ltxc.errors import UserError
 
 TENSOR_KEYS = ("latents", "text_embeds", "text_mask")  # every cache holds these; a text stage may add text_<name>
 TEXT_PREFIX = "text_"

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from attrs import frozen
 
-from ltxc.spec.errors import UserError
+from ltxc.errors import UserError
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}

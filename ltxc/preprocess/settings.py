@@ -13,9 +13,9 @@ import attrs
 from attrs import frozen
 
 from ltxc.data.buckets import DEFAULT_ASPECTS, frame_buckets, parse_resolution, resolution_buckets
+from ltxc.errors import UserError
 from ltxc.geometry import ShapeError
 from ltxc.plan import Plan
-from ltxc.spec.errors import UserError
 
 FramesPolicy = Literal["skip", "pad"]
 LowFpsPolicy = Literal["repeat", "skip"]

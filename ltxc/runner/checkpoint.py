@@ -23,9 +23,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from ltxc.errors import UserError
 from ltxc.fileio import atomic_write_json, atomic_write_text
 from ltxc.runner.distributed import Distributed, barrier
-from ltxc.spec.errors import UserError
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ltxc.adapter import Adapter, cfg_dropout, dropout_decisions
 from ltxc.data.dataset import CacheDataset, text_of
 from ltxc.data.loader import make_loader, restore_sampler
+from ltxc.errors import UserError
 from ltxc.flow import flow_loss, flow_target, loss_weights, noisy_latents, sample_sigmas
 from ltxc.plan import Plan
 from ltxc.processor import Processor
@@ -28,7 +29,6 @@ from ltxc.runner.metrics import MetricsLogger, peak_memory_mb, plot_loss_curve, 
 from ltxc.runner.optim import OptimSettings, make_optimizer, make_scheduler
 from ltxc.runner.parallelize import parallelize
 from ltxc.runner.validation import ValidationSettings, Validator
-from ltxc.spec.errors import UserError
 
 BIG_MODEL_PARAMS = 100_000_000  # "auto" activation checkpointing turns on above this size
 

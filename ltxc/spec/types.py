@@ -1,17 +1,17 @@
 """The spec as frozen attrs classes, and the one cattrs converter that builds them from validated data.
 
 These classes are pure data: they name what a model is, never how to run it. The objects that do the
-work (geometry, normalisers, components, the call mapping) are built *from* them in `ltxc.compiler`.
+work (geometry, normalisers, components, the call mapping) are built *from* them in `ltxc.compiler`. Every
+class here ends in `Spec`, so it is never mistaken for the runtime object of the same idea.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-import attrs
-import cattrs
 from attrs import field, frozen
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ltxc.document.convert import drop_none, key, make_converter
 
 # A VAE statistic: "<role>.<buffer>", "<role>.config.<key>" or a literal list of numbers.
 StatRef = str | tuple[float, ...]
@@ -19,13 +19,8 @@ StatRef = str | tuple[float, ...]
 NumberRef = float | str
 
 
-def _key(name: str) -> dict[str, str]:
-    """Field metadata naming the TOML key when it is not a valid Python name."""
-    return {"key": name}
-
-
 @frozen
-class Model:
+class ModelSpec:
     """Identity of the model."""
 
     name: str
@@ -36,10 +31,10 @@ class Model:
 
 
 @frozen
-class Component:
+class ComponentSpec:
     """One `[components.<role>]` table."""
 
-    cls: str = field(metadata=_key("class"))
+    cls: str = field(metadata=key("class"))
     kind: Literal["module", "tokenizer", "scheduler"] | None = None
     source: Literal["pretrained", "config"] | None = None
     pretrained: str | None = None
@@ -51,7 +46,7 @@ class Component:
 
 
 @frozen
-class FrameRule:
+class FrameRuleSpec:
     """Valid frame counts are `multiple * k + offset`."""
 
     multiple: int
@@ -65,14 +60,14 @@ class GeometrySpec:
     latent_channels: int
     spatial_compression: int
     temporal_compression: int
-    frames: FrameRule
+    frames: FrameRuleSpec
     resolution_multiple: int
     patch: tuple[int, int, int] = (1, 1, 1)
     layout: Literal["tokens", "grid"] = "tokens"
 
 
 @frozen
-class MeanStd:
+class MeanStdSpec:
     """(z - mean) * scaling_factor / std."""
 
     kind: Literal["mean_std"]
@@ -82,7 +77,7 @@ class MeanStd:
 
 
 @frozen
-class ShiftScale:
+class ShiftScaleSpec:
     """(z - shift) * scale."""
 
     kind: Literal["shift_scale"]
@@ -91,26 +86,26 @@ class ShiftScale:
 
 
 @frozen
-class NoNormalise:
+class NoNormaliseSpec:
     """Identity."""
 
     kind: Literal["none"]
 
 
-Normaliser = MeanStd | ShiftScale | NoNormalise
+NormaliserSpec = MeanStdSpec | ShiftScaleSpec | NoNormaliseSpec
 
 
 @frozen
-class Latent:
+class LatentSpec:
     """`[latent]`: VAE role, posterior mode or sample, normalisation."""
 
-    normalise: Normaliser
+    normalise: NormaliserSpec
     vae: str = "vae"
     encode: Literal["mode", "sample"] = "mode"
 
 
 @frozen
-class TextStage:
+class TextStageSpec:
     """`[text.stage]`: a frozen module that turns the encoder's output into the final text conditioning."""
 
     component: str
@@ -119,7 +114,7 @@ class TextStage:
 
 
 @frozen
-class Text:
+class TextSpec:
     """`[text]`: how a caption becomes conditioning."""
 
     max_length: int
@@ -133,12 +128,12 @@ class Text:
     zero_padding: bool = False
     length_multiple: int = 1
     clean: tuple[Literal["strip", "collapse_whitespace", "unescape_html", "fix_text"], ...] = ()
-    stage: TextStage | None = None
+    stage: TextStageSpec | None = None
     cache: Literal["after_stage", "before_stage"] = "after_stage"
 
 
 @frozen
-class Transformer:
+class TransformerSpec:
     """`[transformer]`: the role, which output is the prediction, and the call mapping."""
 
     call: dict[str, str]
@@ -147,14 +142,14 @@ class Transformer:
 
 
 @frozen
-class UniformSigma:
+class UniformSigmaSpec:
     """sigma ~ U(0, 1)."""
 
     kind: Literal["uniform"]
 
 
 @frozen
-class LogitNormalSigma:
+class LogitNormalSigmaSpec:
     """sigma = sigmoid(N(mean, std))."""
 
     kind: Literal["logit_normal"]
@@ -162,18 +157,18 @@ class LogitNormalSigma:
     std: float = 1.0
 
 
-SigmaDistribution = UniformSigma | LogitNormalSigma
+SigmaDistributionSpec = UniformSigmaSpec | LogitNormalSigmaSpec
 
 
 @frozen
-class NoShift:
+class NoShiftSpec:
     """No shift."""
 
     kind: Literal["none"]
 
 
 @frozen
-class FixedShift:
+class FixedShiftSpec:
     """A constant shift s."""
 
     kind: Literal["fixed"]
@@ -181,7 +176,7 @@ class FixedShift:
 
 
 @frozen
-class ResolutionShift:
+class ResolutionShiftSpec:
     """log s interpolated linearly in the token count."""
 
     kind: Literal["resolution"]
@@ -191,23 +186,23 @@ class ResolutionShift:
     max_shift: float
 
 
-Shift = NoShift | FixedShift | ResolutionShift
+ShiftSpec = NoShiftSpec | FixedShiftSpec | ResolutionShiftSpec
 
 
 @frozen
-class Flow:
+class FlowSpec:
     """`[flow]`: the training objective."""
 
     target: Literal["velocity"] = "velocity"
-    sigma: SigmaDistribution = UniformSigma(kind="uniform")
-    shift: Shift = NoShift(kind="none")
+    sigma: SigmaDistributionSpec = UniformSigmaSpec(kind="uniform")
+    shift: ShiftSpec = NoShiftSpec(kind="none")
     uniform_fraction: float = 0.0
     loss_weight: str = "1"
     timestep: str = "sigma * 1000"
 
 
 @frozen
-class Stream:
+class StreamSpec:
     """`[streams.<name>]`: another latent stream the transformer takes besides the video (e.g. audio)."""
 
     noise: str
@@ -219,7 +214,7 @@ class Stream:
 
 
 @frozen
-class Perturbation:
+class PerturbationSpec:
     """`[[sampler.perturbations]]`: a guidance term, prediction += weight * (cond - perturbed)."""
 
     name: str
@@ -229,7 +224,7 @@ class Perturbation:
 
 
 @frozen
-class Sampler:
+class SamplerSpec:
     """`[sampler]`: generation defaults."""
 
     scheduler: str = "scheduler"
@@ -241,17 +236,17 @@ class Sampler:
     height: int | None = None
     width: int | None = None
     sigmas: Literal["linspace", "scheduler"] = "scheduler"
-    shift: Shift = NoShift(kind="none")
+    shift: ShiftSpec = NoShiftSpec(kind="none")
     decode_timestep: float = 0.0
     decode_noise_scale: float | None = None
     negative_prompt: str = ""
     max_sequence_length: int | None = None
     guidance_space: Literal["velocity", "x0"] = "velocity"
-    perturbations: tuple[Perturbation, ...] = ()
+    perturbations: tuple[PerturbationSpec, ...] = ()
 
 
 @frozen
-class Parallel:
+class ParallelSpec:
     """`[parallel]`: block lists to shard and checkpoint; always-frozen parameter name parts."""
 
     blocks: tuple[str, ...]
@@ -259,7 +254,7 @@ class Parallel:
 
 
 @frozen
-class Lora:
+class LoraSpec:
     """`[lora]`: default LoRA targets, rank and alpha."""
 
     targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
@@ -272,56 +267,27 @@ class Lora:
 class Spec:
     """A whole model spec."""
 
-    model: Model
-    components: dict[str, Component]
+    model: ModelSpec
+    components: dict[str, ComponentSpec]
     geometry: GeometrySpec
-    latent: Latent
-    text: Text
-    transformer: Transformer
-    flow: Flow
-    sampler: Sampler
-    parallel: Parallel
-    lora: Lora = Lora()
-    streams: dict[str, Stream] = field(factory=dict)
+    latent: LatentSpec
+    text: TextSpec
+    transformer: TransformerSpec
+    flow: FlowSpec
+    sampler: SamplerSpec
+    parallel: ParallelSpec
+    lora: LoraSpec = LoraSpec()
+    streams: dict[str, StreamSpec] = field(factory=dict)
 
 
 _TAGGED_UNIONS: dict[Any, dict[str, type]] = {
-    Normaliser: {"mean_std": MeanStd, "shift_scale": ShiftScale, "none": NoNormalise},
-    SigmaDistribution: {"uniform": UniformSigma, "logit_normal": LogitNormalSigma},
-    Shift: {"none": NoShift, "fixed": FixedShift, "resolution": ResolutionShift},
+    NormaliserSpec: {"mean_std": MeanStdSpec, "shift_scale": ShiftScaleSpec, "none": NoNormaliseSpec},
+    SigmaDistributionSpec: {"uniform": UniformSigmaSpec, "logit_normal": LogitNormalSigmaSpec},
+    ShiftSpec: {"none": NoShiftSpec, "fixed": FixedShiftSpec, "resolution": ResolutionShiftSpec},
 }
 
 
-def _structure_scalar_union(value: Any, type_: Any) -> Any:
-    # The JSON Schema has already checked these values; lists become tuples so the spec stays frozen.
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True)
-    for union, variants in _TAGGED_UNIONS.items():
-        conv.register_structure_hook(
-            union, lambda data, _t, variants=variants: conv.structure(data, variants[data["kind"]])
-        )
-    for union in (StatRef, NumberRef):
-        conv.register_structure_hook(union, _structure_scalar_union)
-    conv.register_structure_hook_func(lambda t: t == dict[str, Any], lambda data, _t: dict(data))
-
-    def renames(cls: type) -> dict[str, Any]:
-        return {f.name: override(rename=f.metadata["key"]) for f in attrs.fields(cls) if "key" in f.metadata}
-
-    conv.register_structure_hook_factory(
-        attrs.has,
-        lambda cls: make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls)),
-    )
-    conv.register_unstructure_hook_factory(
-        attrs.has,
-        lambda cls: make_dict_unstructure_fn(cls, conv, _cattrs_omit_if_default=False, **renames(cls)),
-    )
-    return conv
-
-
-converter = _make_converter()
+converter = make_converter(_TAGGED_UNIONS, (StatRef, NumberRef))
 
 
 def spec_from_dict(data: dict[str, Any]) -> Spec:
@@ -331,12 +297,4 @@ def spec_from_dict(data: dict[str, Any]) -> Spec:
 
 def spec_to_dict(spec: Spec) -> dict[str, Any]:
     """The spec as plain data with every default filled, dropping unset optional keys."""
-    return _drop_none(converter.unstructure(spec))
-
-
-def _drop_none(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_drop_none(v) for v in value]
-    return value
+    return drop_none(converter.unstructure(spec))

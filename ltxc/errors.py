@@ -1,4 +1,4 @@
-"""User errors that point at a file, a line and a key path."""
+"""The project's root exception and the file problems every layer reports: a leaf that imports nothing of ltxc."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ class UserError(Exception):
     """An error in what the user gave us: the CLI prints it as is and exits 2, with no traceback."""
 
 
-class SpecError(UserError):
-    """One or more problems in a spec or run config, each `FILE:LINE: key.path: message`."""
+class ConfigError(UserError):
+    """One or more problems in a spec or a run config, each `FILE:LINE: key.path: message`."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.path))

@@ -1,4 +1,6 @@
-"""The run config: TOML -> `extends` -> `--set` -> JSON Schema -> frozen attrs, with derived defaults filled.
+"""The run config, owned by the runner: TOML -> `extends` -> `--set` -> JSON Schema -> frozen attrs sections
+that the runner takes as they are, with derived defaults filled. Each default is written once, here (the
+schema states the same numbers and a test holds them equal).
 
 An empty run config is the embedded default. Rules the schema can't express (steps *or* epochs, warmup
 shorter than the run, a full export only from a full fine-tune) are reported like schema errors,
@@ -17,10 +19,9 @@ from typing import Any, Literal
 import attrs
 from attrs import frozen
 
-from ltxc.spec.errors import Problem, SpecError, dotted
-from ltxc.spec.load import Loaded, load_document
-from ltxc.spec.locate import KeyPath
-from ltxc.spec.types import converter
+from ltxc.document import KeyPath, Loaded, load_document
+from ltxc.document.convert import drop_none, make_converter
+from ltxc.errors import ConfigError, Problem, dotted
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -34,6 +35,7 @@ DEFAULT_NAME = "default"
 DEFAULT_STEPS = 200
 SET_ORIGIN = "--set"
 _KEY_PART = re.compile(r"^[A-Za-z0-9_-]+$")
+converter = make_converter()
 
 
 @frozen
@@ -175,7 +177,7 @@ def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> L
     for number, (key, value) in enumerate(parsed.items(), start=1):
         if key == ("run", "extends") or (key == ("run",) and isinstance(value, dict) and "extends" in value):
             message = "cannot be set with --set (parents are read before overrides apply); write it in the file"
-            raise SpecError([Problem(SET_ORIGIN, number, "run.extends", message)])
+            raise ConfigError([Problem(SET_ORIGIN, number, "run.extends", message)])
     if path is None:
         path = embedded_default()
     loaded = load_document(
@@ -202,7 +204,7 @@ def parse_overrides(items: Sequence[str]) -> dict[KeyPath, Any]:
     """`["train.steps=50", "run.name=foo"]` -> {("train", "steps"): 50, ("run", "name"): "foo"}.
 
     Each value is read as a TOML value (50, 3e-5, true, ["to_q"], "quoted"), else taken as a bare string.
-    A malformed item, or a key given twice (or inside another given key), is a `SpecError` at `--set:N`.
+    A malformed item, or a key given twice (or inside another given key), is a `ConfigError` at `--set:N`.
     """
     parsed: dict[KeyPath, Any] = {}
     given: dict[KeyPath, int] = {}
@@ -226,7 +228,7 @@ def parse_overrides(items: Sequence[str]) -> dict[KeyPath, Any]:
         parsed[key] = _toml_value(value_text.strip())
         given[key] = number
     if problems:
-        raise SpecError(problems)
+        raise ConfigError(problems)
     return parsed
 
 
@@ -237,7 +239,7 @@ def run_config_from_dict(data: dict[str, Any]) -> RunConfig:
 
 def run_config_to_dict(config: RunConfig) -> dict[str, Any]:
     """The config as plain TOML/JSON-able data (e.g. to record in the run directory); unset keys dropped."""
-    return _plain(converter.unstructure(config))
+    return drop_none(converter.unstructure(config))
 
 
 def _toml_value(text: str) -> Any:
@@ -278,7 +280,7 @@ def _finish(loaded: Loaded, default_name: str) -> Loaded:
         )
         problems.append(locator.problem(("export", "full"), message))
     if problems:
-        raise SpecError(problems)
+        raise ConfigError(problems)
     name = config.run.name or default_name
     output = config.run.output or f"runs/{name}"
     media = config.data.media
@@ -309,14 +311,6 @@ def _steps_or_epochs(loaded: Loaded, problems: list[Problem]) -> str | None:
     message = f"set train.steps or train.epochs, not both (train.{other} is set at {earlier[0]}:{earlier[1]})"
     problems.append(loaded.locator.problem(("train", later), message))
     return None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if v is not None}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 __all__ = [
