@@ -143,6 +143,14 @@ def compile_spec(loaded: Loaded) -> Plan:
         streams=streams,
         perturbations=perturbations,
         reference_args=reference_args,
+        flow=spec.flow,
+        lora=spec.lora,
+        blocks=spec.parallel.blocks,
+        frozen=spec.parallel.frozen,
+        transformer_role=spec.transformer.component,
+        reference=spec.model.reference,
+        stage_in_training=spec.text.stage is not None and spec.text.cache == "before_stage",
+        null_text=spec.text.null_conditioning,
     )
 
 

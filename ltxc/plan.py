@@ -64,6 +64,16 @@ class Plan:
     streams: dict[str, CompiledStream] = attrs.field(factory=dict)
     perturbations: tuple[CompiledPerturbation, ...] = ()
     reference_args: dict[str, Expr] = attrs.field(factory=dict)
+    # Compiled settings the runner reads (it never reads `spec`): the objective, LoRA defaults, what to
+    # shard and freeze, the transformer's role, and where the text stage runs.
+    flow: spec_types.FlowSpec = attrs.field(factory=spec_types.FlowSpec)
+    lora: spec_types.LoraSpec = attrs.field(factory=spec_types.LoraSpec)
+    blocks: tuple[str, ...] = ()  # [parallel] blocks: the units FSDP2 shards and activation checkpointing wraps
+    frozen: tuple[str, ...] = ()  # [parallel] frozen: parameter-name parts that never train
+    transformer_role: str = "transformer"
+    reference: str | None = None  # the diffusers pipeline class the exports and `verify` use
+    stage_in_training: bool = False  # the cache stops before [text.stage]: training runs the stage itself
+    null_text: str = "empty_prompt"  # [text] null_conditioning: what "no text" is for CFG dropout
 
     @property
     def name(self) -> str:
