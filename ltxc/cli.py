@@ -132,8 +132,8 @@ def _float_list(text: str) -> list[float]:
 def _preprocess(args: argparse.Namespace) -> int:
     import torch
 
+    from ltxc.commands.plans import resolve_plan
     from ltxc.data.buckets import DEFAULT_ASPECTS
-    from ltxc.defaults import resolve_plan
     from ltxc.preprocess.run import format_report, preprocess
     from ltxc.preprocess.settings import build_settings
 
@@ -182,7 +182,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ltxc.train_command import run_train
+    from ltxc.commands.train import run_train
 
     return run_train(
         config=args.config,
@@ -216,7 +216,7 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ltxc.generate_command import run_generate
+    from ltxc.commands.generate import run_generate
 
     prompts = list(args.prompt)
     if args.prompts is not None:
@@ -244,7 +244,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ltxc.train_command import run_export
+    from ltxc.commands.train import run_export
 
     return run_export(run_dir=args.run, checkpoint=args.checkpoint, out=args.out, device=args.device)
 
@@ -275,8 +275,8 @@ def _verify(args: argparse.Namespace) -> int:
     loaded = load_spec(args.spec)
     import torch
 
+    from ltxc.commands.verify import DEFAULT_PROMPT, verify
     from ltxc.compiler import compile_spec
-    from ltxc.verify import DEFAULT_PROMPT, verify
 
     report = verify(
         compile_spec(loaded),
@@ -298,8 +298,8 @@ def _compile(args: argparse.Namespace) -> int:
     from ltxc.spec import load_spec
 
     loaded = load_spec(args.spec)  # before importing torch: a bad spec fails in a fraction of a second
+    from ltxc.commands.compile import DEFAULT_SIZES, summarise
     from ltxc.compiler import compile_spec
-    from ltxc.summary import DEFAULT_SIZES, summarise
 
     plan = compile_spec(loaded)
     print(summarise(plan, args.size or DEFAULT_SIZES))

@@ -58,6 +58,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 def no_stray_plan(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process `ltxc run …` ignores a `.ltxc/plan.json` that happens to sit in the working directory
     (a developer's compiled real spec must not turn a test into a weight download); tests pass --plan."""
-    import ltxc.defaults
+    import ltxc.commands.plans
 
-    monkeypatch.setattr(ltxc.defaults, "DEFAULT_PLAN", tmp_path_factory.getbasetemp() / "no-such-plan.json")
+    monkeypatch.setattr(ltxc.commands.plans, "DEFAULT_PLAN", tmp_path_factory.getbasetemp() / "no-such-plan.json")

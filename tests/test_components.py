@@ -203,7 +203,7 @@ def no_builds(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("spec", [TINY_LTX, REAL_LTX], ids=["tiny", "hub-id"])
 def test_compile_builds_nothing(spec: Path, no_builds: None) -> None:
-    from ltxc.summary import summarise
+    from ltxc.commands.compile import summarise
 
     plan = compile_file(spec)  # the real spec names Lightricks/LTX-Video, which cannot be downloaded here
     comps = plan.components()

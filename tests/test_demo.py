@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from ltxc.generate_command import format_distances
+from ltxc.commands.generate import format_distances
+from ltxc.commands.train import SAMPLE_CLIPS, SAMPLE_SIZE
 from ltxc.media.probe import probe
 from ltxc.media.synthetic import BACKGROUNDS, COLORS, DIRECTIONS, make_sample_dataset
-from ltxc.train_command import SAMPLE_CLIPS, SAMPLE_SIZE
 
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 VERDICT = re.compile(r"^this caption's sample: rank (\d+) of (\d+); nearest other / matching = ([\d.]+)$", re.M)

@@ -41,11 +41,11 @@ from conftest import TINY_LTX, TINY_LTX2, TINY_WAN, isolated_process_group, run_
 from safetensors.torch import load_file
 
 from ltxc.cli import main
+from ltxc.commands.train import SAMPLE_CLIPS, SAMPLE_IMAGES, SAMPLE_SIZE
 from ltxc.media.probe import probe
 from ltxc.media.synthetic import make_sample_dataset
 from ltxc.media.write import read_frames_file
 from ltxc.runner.metrics import read_metrics
-from ltxc.train_command import SAMPLE_CLIPS, SAMPLE_IMAGES, SAMPLE_SIZE
 
 SPECS = {"ltx": TINY_LTX, "ltx-2.3": TINY_LTX2, "wan-2.1": TINY_WAN}
 TOLERANCE = 1e-4
@@ -263,11 +263,11 @@ def test_lora_export_loads_into_the_reference_pipeline(trained: Trained) -> None
     from diffusers import DiffusionPipeline
 
     from ltxc.adapter import Adapter
+    from ltxc.commands.generate import load_transformer
+    from ltxc.commands.verify import build_reference
     from ltxc.compiler import load_plan
     from ltxc.components import resolve_class
     from ltxc.data.dataset import CacheDataset, text_of
-    from ltxc.generate_command import load_transformer
-    from ltxc.verify import build_reference
 
     root = trained.root
     plan = load_plan(root / PLAN)
@@ -311,9 +311,9 @@ def test_comfyui_export_loads_through_the_reference_original_format_converter(tr
     from diffusers import DiffusionPipeline
     from safetensors.torch import load_file, save_file
 
+    from ltxc.commands.verify import build_reference
     from ltxc.compiler import load_plan
     from ltxc.components import resolve_class
-    from ltxc.verify import build_reference
 
     root = trained.root
     plan = load_plan(root / PLAN)

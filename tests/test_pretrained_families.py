@@ -18,10 +18,10 @@ import pytest
 import torch
 from conftest import SPECS, run_cli
 
+from ltxc.commands.verify import build_reference
 from ltxc.compiler import compile_spec
 from ltxc.components import resolve_class
 from ltxc.spec import load_spec
-from ltxc.verify import build_reference
 
 FAMILIES = {
     "ltx-2.3": {

@@ -29,6 +29,7 @@ from conftest import SPECS, isolated_process_group, run_cli
 from diffusers import LTX2Pipeline, WanPipeline
 
 from ltxc.adapter import Adapter
+from ltxc.commands.verify import build_reference, reference_call
 from ltxc.compiler import compile_spec
 from ltxc.errors import ConfigError, Problem, UserError
 from ltxc.plan import Plan
@@ -38,7 +39,6 @@ from ltxc.runner.lora import add_lora, lora_config, lora_state_dict
 from ltxc.runner.train import TrainSettings, build_model
 from ltxc.sampler import Sampler, _Guide
 from ltxc.spec import load_spec
-from ltxc.verify import build_reference, reference_call
 
 TINY_LTX2 = SPECS / "tiny" / "ltx-2.3.toml"
 TINY_WAN = SPECS / "tiny" / "wan-2.1.toml"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import TINY_LTX, run_cli
 
+from ltxc.commands.verify import build_reference, helper_checks
 from ltxc.compiler import compile_spec
 from ltxc.errors import UserError
 from ltxc.spec import load_spec
-from ltxc.verify import build_reference, helper_checks
 
 CHECKS = ("pack", "unpack", "normalise", "denormalise", "latents", "frames")
 

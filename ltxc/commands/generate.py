@@ -86,8 +86,8 @@ def _from_training_checkpoint(plan: Plan, transformer: torch.nn.Module, checkpoi
 
 def plan_for(checkpoint: Path | None, plan_path: Path | None) -> Plan:
     """A training checkpoint carries its run's plan; otherwise --plan / .ltxc/plan.json / the embedded default."""
+    from ltxc.commands.plans import resolve_plan
     from ltxc.compiler import plan_from_json
-    from ltxc.defaults import resolve_plan
 
     if plan_path is None and checkpoint is not None and (checkpoint / "meta.json").exists():
         record = checkpoint.parent.parent / "run.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import attrs
 
-from ltxc.defaults import resolve_plan
+from ltxc.commands.plans import resolve_plan
 from ltxc.errors import UserError
 from ltxc.fileio import atomic_write_json
 from ltxc.runner.config import SYNTHETIC_MEDIA, RunConfig, load_run_config, run_config_to_dict

@@ -18,7 +18,7 @@ def specs_dir() -> Path:
     packaged = resources.files("ltxc") / "specs"
     if packaged.is_dir():
         return Path(str(packaged))
-    return Path(__file__).resolve().parents[1] / "specs"
+    return Path(__file__).resolve().parents[2] / "specs"
 
 
 def resolve_plan(plan: str | Path | None) -> Plan:
