@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict
+
+if TYPE_CHECKING:
+    from ltxc.plan import Plan
+    from ltxc.runner.config import RunConfig
 
 
 def lora_config(targets: Sequence[str], rank: int, alpha: float, exclude: Sequence[str] = ()) -> LoraConfig:
@@ -26,6 +31,17 @@ def lora_config(targets: Sequence[str], rank: int, alpha: float, exclude: Sequen
         target_modules=list(targets),
         exclude_modules=excluded,
         init_lora_weights=True,  # A random, B zero: training starts exactly at the base model
+    )
+
+
+def run_lora_config(config: RunConfig, plan: Plan) -> LoraConfig:
+    """The run's LoRA: each `[lora]` value of the run config, else the plan's default; never on frozen parts."""
+    section, defaults = config.lora, plan.lora
+    return lora_config(
+        section.targets or defaults.targets,
+        section.rank or defaults.rank,
+        section.alpha or defaults.alpha,
+        exclude=plan.frozen,
     )
 
 
