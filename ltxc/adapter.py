@@ -17,6 +17,26 @@ from ltxc.spec.expr import Expr
 
 Text = Mapping[str, torch.Tensor]
 
+# The names `Adapter.environment` gives every call expression. Besides these it gives the geometry numbers,
+# `text.<name>` for each text tensor and `<stream>.latents` / `<stream>.joint` for each stream; the compiler
+# checks expressions against exactly this vocabulary (`ltxc.compiler.call_names`).
+CALL_NAMES = frozenset(
+    {
+        "latents",
+        "sigma",
+        "timestep",
+        "training",
+        "latent.frames",
+        "latent.height",
+        "latent.width",
+        "pixel.frames",
+        "pixel.height",
+        "pixel.width",
+        "fps",
+        "batch_size",
+    }
+)
+
 
 class Adapter:
     """Builds transformer inputs from latents [B, C, F, H, W], σ [B] and text; unpacks the predictions."""
@@ -98,7 +118,7 @@ class Adapter:
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the transformer: (video prediction float32 [B, C, F, H, W], {stream: prediction float32})."""
         result = transformer(**self.model_kwargs(env, overrides), return_dict=False)
-        video = result[self.plan.spec.transformer.output]
+        video = result[self.plan.transformer_output]
         f, h, w = env["latent.frames"], env["latent.height"], env["latent.width"]
         streams = {name: result[s.output].to(torch.float32) for name, s in self.plan.streams.items()}
         return self.geometry.unpack(video, f, h, w).to(torch.float32), streams

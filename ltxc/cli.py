@@ -130,55 +130,32 @@ def _float_list(text: str) -> list[float]:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    import torch
+    from ltxc.commands.preprocess import run_preprocess
 
-    from ltxc.commands.plans import resolve_plan
-    from ltxc.data.buckets import DEFAULT_ASPECTS
-    from ltxc.preprocess.run import format_report, preprocess
-    from ltxc.preprocess.settings import build_settings
-
-    if args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    plan = resolve_plan(args.plan)
-    settings = build_settings(
-        plan,
-        fps=args.fps,
-        start=args.start,
-        max_frames=args.max_frames,
-        frame_counts=args.frame_buckets,
-        resolution=args.resolution,
-        pixels=args.pixels,
-        aspects=args.aspects or DEFAULT_ASPECTS,
-        frames_policy=args.frames_policy,
-        low_fps=args.low_fps,
-        missing_caption=args.missing_caption,
-        tiling=args.tiling,
-        seed=args.seed,
-    )
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = args.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    report = preprocess(
-        plan,
-        args.data,
-        args.cache,
-        settings,
+    return run_preprocess(
+        data=args.data,
+        cache=args.cache,
+        plan_path=args.plan,
         metadata=args.metadata,
         path_key=args.path_key,
         caption_key=args.caption_key,
+        missing_caption=args.missing_caption,
+        fps=args.fps,
+        start=args.start,
+        max_frames=args.max_frames,
+        frame_buckets=args.frame_buckets,
+        frames_policy=args.frames_policy,
+        low_fps=args.low_fps,
+        resolution=args.resolution,
+        pixels=args.pixels,
+        aspects=args.aspects,
+        tiling=args.tiling,
+        seed=args.seed,
         workers=args.workers,
-        device=device,
+        device=args.device,
         overwrite=args.overwrite,
+        strict=args.strict,
     )
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    print(format_report(report, args.cache))
-    if report.total_cached == 0:
-        print(f"nothing was cached: {len(report.rejected)} input(s) rejected (see {args.cache}/rejected.jsonl)")
-        return 1
-    if args.strict and report.rejected:
-        print(f"--strict: {len(report.rejected)} input(s) rejected")
-        return 1
-    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -218,14 +195,9 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from ltxc.commands.generate import run_generate
 
-    prompts = list(args.prompt)
-    if args.prompts is not None:
-        try:
-            prompts += [line.strip() for line in args.prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"--prompts {args.prompts}: cannot read ({exc})") from None
     return run_generate(
-        prompts=prompts,
+        prompts=args.prompt,
+        prompts_file=args.prompts,
         negative_prompt=args.negative_prompt,
         frames=args.frames,
         height=args.height,
@@ -244,7 +216,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ltxc.commands.train import run_export
+    from ltxc.commands.export import run_export
 
     return run_export(run_dir=args.run, checkpoint=args.checkpoint, out=args.out, device=args.device)
 
@@ -272,15 +244,12 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
 def _verify(args: argparse.Namespace) -> int:
     from ltxc.spec import load_spec
 
-    loaded = load_spec(args.spec)
-    import torch
+    loaded = load_spec(args.spec)  # before importing torch: a bad spec fails in a fraction of a second
+    from ltxc.commands.verify import run_verify
 
-    from ltxc.commands.verify import DEFAULT_PROMPT, verify
-    from ltxc.compiler import compile_spec
-
-    report = verify(
-        compile_spec(loaded),
-        prompt=args.prompt or DEFAULT_PROMPT,
+    return run_verify(
+        loaded,
+        prompt=args.prompt,
         frames=args.frames,
         height=args.height,
         width=args.width,
@@ -288,27 +257,17 @@ def _verify(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         seed=args.seed,
         tolerance=args.tolerance,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=args.device,
     )
-    print(report.format())
-    return 0 if report.ok else 1
 
 
 def _compile(args: argparse.Namespace) -> int:
     from ltxc.spec import load_spec
 
     loaded = load_spec(args.spec)  # before importing torch: a bad spec fails in a fraction of a second
-    from ltxc.commands.compile import DEFAULT_SIZES, summarise
-    from ltxc.compiler import compile_spec
+    from ltxc.commands.compile import run_compile
 
-    plan = compile_spec(loaded)
-    print(summarise(plan, args.size or DEFAULT_SIZES))
-    try:
-        path = plan.save(args.out)
-    except OSError as exc:
-        raise UserError(f"{args.out}: cannot write the plan there ({exc}); pass --out DIR") from None
-    print(f"plan       {path}")
-    return 0
+    return run_compile(loaded, sizes=args.size, out=args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

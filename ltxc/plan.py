@@ -20,6 +20,9 @@ from ltxc.spec import types as spec_types
 from ltxc.spec.expr import Expr
 
 PLAN_FORMAT = 1
+# The video's key among the latents a sampling step denoises; the compiler reserves it, so no
+# `[streams.<name>]` entry can take it.
+VIDEO = "video"
 
 
 @frozen
@@ -59,11 +62,17 @@ class Plan:
     loss_weight: Expr
     constants: dict[str, int]  # geometry numbers every expression may read
     timestep: Expr  # [flow] timestep: the `timestep` name in training, from sigma
+    # The settings the compiled objects read (they never read `spec`): how captions become text (the
+    # processor), how pixels become latents (processor, normaliser), and the generation defaults (sampler).
+    text: spec_types.TextSpec
+    latent: spec_types.LatentSpec
+    sampler: spec_types.SamplerSpec
     text_names: tuple[str, ...] = ("embeds", "mask")  # the text conditioning's tensors
     text_stage: dict[str, Expr] | None = None  # [text.stage] call mapping
     streams: dict[str, CompiledStream] = attrs.field(factory=dict)
     perturbations: tuple[CompiledPerturbation, ...] = ()
     reference_args: dict[str, Expr] = attrs.field(factory=dict)
+    transformer_output: int = 0  # [transformer] output: which element of the return tuple is the video
     # Compiled settings the runner reads (it never reads `spec`): the objective, LoRA defaults, what to
     # shard and freeze, the transformer's role, and where the text stage runs.
     flow: spec_types.FlowSpec = attrs.field(factory=spec_types.FlowSpec)
@@ -86,7 +95,7 @@ class Plan:
 
     def normaliser(self, components: Mapping[str, Any]) -> Normaliser:
         """The latent normaliser, reading VAE statistics from `components` where the spec says so."""
-        norm = self.spec.latent.normalise
+        norm = self.latent.normalise
         if isinstance(norm, spec_types.MeanStdSpec):
             mean = _statistic(norm.mean, components)
             std = _statistic(norm.std, components)

@@ -21,9 +21,17 @@ from ltxc.text_clean import clean_caption
 class Processor:
     """Encodes pixels and captions exactly as the spec says (VAE mode/sample, normaliser, text settings)."""
 
-    def __init__(self, plan: Plan, components: Components, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        components: Components,
+        device: str | torch.device = "cpu",
+        max_length: int | None = None,
+    ) -> None:
         self.plan = plan
-        self.spec = plan.spec
+        self.text = plan.text
+        # the tokenizer's length: `[text] max_length` for the cache, `[sampler] max_sequence_length` for sampling
+        self.max_length = plan.text.max_length if max_length is None else max_length
         self.device = torch.device(device)
         self.components = components
         self._vae: Any = None
@@ -36,7 +44,7 @@ class Processor:
     def vae(self) -> Any:
         """The VAE, on the processor's device (built on first use)."""
         if self._vae is None:
-            self._vae = self.components[self.spec.latent.vae].to(self.device)
+            self._vae = self.components[self.plan.latent.vae].to(self.device)
         return self._vae
 
     def enable_tiling(self) -> bool:
@@ -57,7 +65,7 @@ class Processor:
         """uint8 frames [F, H, W, 3] -> normalised float32 latents [C, F', H', W']."""
         self.plan.geometry.check(frames.shape[0], frames.shape[1], frames.shape[2])
         posterior = self.vae.encode(self.pixels_to_tensor(frames)).latent_dist
-        if self.spec.latent.encode == "mode":
+        if self.plan.latent.encode == "mode":
             latents = posterior.mode()
         else:  # seeded per sample, so the cache does not depend on worker count or order
             generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -74,39 +82,41 @@ class Processor:
     # -- text ------------------------------------------------------------------------------------------
     def _text_modules(self) -> tuple[Any, Any]:
         if self._text is None:
-            text = self.spec.text
-            tokenizer = self.components[text.tokenizer]
-            tokenizer.padding_side = text.padding_side
-            encoder = self.components[text.encoder].to(self.device)
+            tokenizer = self.components[self.text.tokenizer]
+            tokenizer.padding_side = self.text.padding_side
+            encoder = self.components[self.text.encoder].to(self.device)
             self._text = (tokenizer, encoder)
         return self._text
 
+    # Three views of a caption's encoding: `encoder_output` (tokenizer and encoder only), `cache_text` (what
+    # the cache stores: the stage applied unless the cache stops before it) and `transformer_text` (what the
+    # transformer sees: the stage always applied).
     @torch.no_grad()
-    def encode_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+    def cache_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Captions -> the text conditioning the cache stores: named tensors [B, L, ...], on the CPU.
 
         Always `embeds` and `mask`; with a `[text.stage]` cached after it, the stage's outputs instead.
         """
-        text = self.encode_captions(captions)
-        if self.spec.text.stage is not None and self.spec.text.cache == "after_stage":
+        text = self.encoder_output(captions)
+        if self.text.stage is not None and self.text.cache == "after_stage":
             text = self.apply_stage(text)
         return {name: tensor.cpu() for name, tensor in text.items()}
 
     @torch.no_grad()
-    def conditioning(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+    def transformer_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Captions -> the text conditioning the transformer sees (the stage applied), on the device."""
-        text = self.encode_captions(captions)
-        return self.apply_stage(text) if self.spec.text.stage is not None else text
+        text = self.encoder_output(captions)
+        return self.apply_stage(text) if self.text.stage is not None else text
 
     @torch.no_grad()
-    def encode_captions(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+    def encoder_output(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenizer and encoder only: {"embeds": [B, L, D...], "mask": bool [B, L]} on the device."""
-        text = self.spec.text
+        text = self.text
         tokenizer, encoder = self._text_modules()
         tokens = tokenizer(
             [clean_caption(caption, text.clean) for caption in captions],
             padding="max_length",
-            max_length=text.max_length,
+            max_length=self.max_length,
             truncation=True,
             add_special_tokens=text.add_special_tokens,
             return_tensors="pt",
@@ -126,7 +136,7 @@ class Processor:
     @torch.no_grad()
     def apply_stage(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the `[text.stage]` module on encoder output; its outputs replace or join the text tensors."""
-        stage, call = self.spec.text.stage, self.plan.text_stage
+        stage, call = self.text.stage, self.plan.text_stage
         if stage is None or call is None:
             return dict(text)
         module = self.stage_module
@@ -135,7 +145,7 @@ class Processor:
         env = {
             "text.embeds": text["embeds"].to(device),
             "text.mask": text["mask"].to(device).long(),
-            "padding_side": self.spec.text.padding_side,
+            "padding_side": self.text.padding_side,
         }
         outputs = module(**{key: expr(env) for key, expr in call.items()})
         if isinstance(outputs, torch.Tensor):
@@ -150,7 +160,7 @@ class Processor:
     def stage_module(self) -> Any:
         """The `[text.stage]` module, on the processor's device."""
         if self._stage is None:
-            stage = self.spec.text.stage
+            stage = self.text.stage
             if stage is None:
                 raise UserError("the spec has no [text.stage]")
             self._stage = self.components[stage.component].to(self.device)
@@ -158,7 +168,7 @@ class Processor:
 
     def null_conditioning(self) -> dict[str, torch.Tensor]:
         """What "no text" is for CFG dropout: the encoded empty prompt, or zeros (and all-false masks)."""
-        text = self.encode_text([""])
-        if self.spec.text.null_conditioning == "zeros":
+        text = self.cache_text([""])
+        if self.plan.null_text == "zeros":
             return {name: torch.zeros_like(tensor) for name, tensor in text.items()}
         return text

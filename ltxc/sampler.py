@@ -14,7 +14,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
 import numpy as np
 import torch
 from attrs import frozen
@@ -26,7 +25,8 @@ from ltxc.adapter import Adapter
 from ltxc.errors import UserError
 from ltxc.flow import resolution_mu
 from ltxc.geometry import LatentShape
-from ltxc.plan import Plan
+from ltxc.guidance import Guide
+from ltxc.plan import VIDEO, Plan
 from ltxc.processor import Processor
 from ltxc.spec.types import ResolutionShiftSpec
 
@@ -48,6 +48,22 @@ class Generation:
     guidance: float
 
 
+@frozen
+class _Run:
+    """One sampler call's settings, each as given or else the spec's default."""
+
+    frames: int
+    height: int
+    width: int
+    shape: LatentShape
+    fps: float
+    steps: int
+    guidance: float
+    rescale: float
+    cfg: bool  # whether the negative branch runs
+    negative: str | None  # the negative prompt when it does
+
+
 class Sampler:
     """Generates videos from prompts with a plan's components (and optionally another transformer)."""
 
@@ -60,12 +76,12 @@ class Sampler:
         compute_dtype: torch.dtype | None = None,
     ) -> None:
         self.plan = plan
-        self.settings = plan.spec.sampler
+        self.settings = plan.sampler
         self.device = torch.device(device)
         self.components = components
         self.adapter = Adapter(plan)
         # The preprocessing text path, at the sampler's sequence length (the spec defaults it to text.max_length).
-        self.processor = Processor(_text_plan(plan), components, self.device)
+        self.processor = Processor(plan, components, self.device, max_length=plan.sampler.max_sequence_length)
         self._transformer = transformer
         self._normaliser: Any = None
         self.compute_dtype = compute_dtype
@@ -74,7 +90,7 @@ class Sampler:
     def transformer(self) -> torch.nn.Module:
         """The transformer given at construction, else the spec's (moved to the device on first use)."""
         if self._transformer is None:
-            self._transformer = self.components[self.plan.spec.transformer.component].to(self.device)
+            self._transformer = self.components[self.plan.transformer_role].to(self.device)
         return self._transformer
 
     @property
@@ -107,104 +123,138 @@ class Sampler:
         progress: bool = False,
     ) -> Generation:
         """Generate one video per prompt; every unset argument comes from the spec's `[sampler]`."""
+        prompts = _prompt_list(prompts)
+        run = self._resolve(negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale)
+        text, both = self._prompt_text(prompts, run.negative)
+        generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
+        latents = self._video_noise(len(prompts), run.shape, generator)
+        timesteps, sigmas = self._schedule(run.steps, run.shape)
+        streams = self._stream_noise(latents, sigmas, text, run.fps, generator)  # after the video's noise
+        final = self._denoise({VIDEO: latents, **streams}, text, both, timesteps, sigmas, run, progress)
+        video = self._decode(final[VIDEO], generator) if decode else None
+        return Generation(
+            latents=final[VIDEO].float().cpu(),
+            video=video,
+            seed=seed,
+            prompts=tuple(prompts),
+            negative_prompt=run.negative,
+            frames=run.frames,
+            height=run.height,
+            width=run.width,
+            fps=run.fps,
+            steps=run.steps,
+            guidance=run.guidance,
+        )
+
+    def _resolve(
+        self,
+        negative_prompt: str | None,
+        frames: int | None,
+        height: int | None,
+        width: int | None,
+        fps: float | None,
+        steps: int | None,
+        guidance: float | None,
+        guidance_rescale: float | None,
+    ) -> _Run:
+        """One call's settings: each argument given, else the spec's `[sampler]` default."""
         s = self.settings
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts:
-            raise UserError("no prompts to generate from")
         frames, height, width = (
             size_or_default(frames, s.frames, "frames"),
             size_or_default(height, s.height, "height"),
             size_or_default(width, s.width, "width"),
         )
         shape = self.plan.geometry.latent_shape(frames, height, width)  # a clear ShapeError, never a silent floor
-        fps = float(s.fps if fps is None else fps)
         steps = s.steps if steps is None else steps
         if steps < 1:
             raise UserError(f"steps must be at least 1, got {steps}")
         guidance = float(s.guidance if guidance is None else guidance)
-        rescale = float(s.guidance_rescale if guidance_rescale is None else guidance_rescale)
         # as the pipelines decide it: the negative branch runs when any jointly sampled stream is guided
         joint = [st for st in self.plan.streams.values() if st.sample == "joint"]
         cfg = guidance > 1.0 or any((st.guidance if st.guidance is not None else guidance) > 1.0 for st in joint)
-        negative = (s.negative_prompt if negative_prompt is None else negative_prompt) if cfg else None
-
-        batch = len(prompts)
-        text = self._encode(list(prompts))
-        if negative is not None:  # one batch, negative branch first, as the reference pipelines run it
-            negative_text = self._encode([negative] * batch)
-            both = {name: torch.cat([negative_text[name], text[name]]) for name in text}
-        else:
-            both = text
-
-        generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
-        latents = randn_tensor(
-            (batch, shape.channels, shape.frames, shape.height, shape.width),
-            generator=generator,
-            device=self.device,
-            dtype=torch.float32,
+        return _Run(
+            frames=frames,
+            height=height,
+            width=width,
+            shape=shape,
+            fps=float(s.fps if fps is None else fps),
+            steps=steps,
+            guidance=guidance,
+            rescale=float(s.guidance_rescale if guidance_rescale is None else guidance_rescale),
+            cfg=cfg,
+            negative=(s.negative_prompt if negative_prompt is None else negative_prompt) if cfg else None,
         )
-        timesteps, sigmas = self._schedule(steps, shape)
-        # other streams (e.g. audio) sampled jointly: noise drawn after the video's, in name order, each
-        # stepped by its own copy of the scheduler as the reference pipelines do
+
+    def _prompt_text(self, prompts: list[str], negative: str | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(the prompts' text, the text of one CFG batch: the negative prompt's first, when it runs)."""
+        text = self._encode(prompts)
+        if negative is None:
+            return text, text
+        negative_text = self._encode([negative] * len(prompts))
+        return text, {name: torch.cat([negative_text[name], text[name]]) for name in text}
+
+    def _video_noise(self, batch: int, shape: LatentShape, generator: torch.Generator) -> Tensor:
+        """The video's initial noise [B, C, F', H', W'], the first draw from the generator."""
+        size = (batch, shape.channels, shape.frames, shape.height, shape.width)
+        return randn_tensor(size, generator=generator, device=self.device, dtype=torch.float32)
+
+    def _stream_noise(
+        self, latents: Tensor, sigmas: Tensor, text: Mapping[str, Tensor], fps: float, generator: torch.Generator
+    ) -> dict[str, Tensor]:
+        """The initial noise of every jointly sampled stream (e.g. audio), drawn in name order, packed."""
+        batch = latents.shape[0]
         probe = self.adapter.environment(latents, sigmas[:1].expand(batch), text, fps, training=False)
         streams: dict[str, Tensor] = {}
-        stream_schedulers: dict[str, Any] = {}
         for name in sorted(self.plan.streams):
-            spec = self.plan.streams[name]
-            if spec.sample != "joint":
+            stream = self.plan.streams[name]
+            if stream.sample != "joint":
                 continue
             noise_shape = (batch, *self.adapter.noise_shape(name, probe))
             noise = randn_tensor(noise_shape, generator=generator, device=self.device, dtype=torch.float32)
-            streams[name] = spec.pack({"x": noise})
-            stream_schedulers[name] = copy.deepcopy(self.scheduler)
+            streams[name] = stream.pack({"x": noise})
+        return streams
 
-        transformer, scheduler = self.transformer, self.scheduler
+    def _denoise(
+        self,
+        latents: dict[str, Tensor],
+        text: dict[str, Tensor],
+        both: dict[str, Tensor],
+        timesteps: Tensor,
+        sigmas: Tensor,
+        run: _Run,
+        progress: bool,
+    ) -> dict[str, Tensor]:
+        """The denoising loop over the video and the joint streams; their final latents by name."""
+        # each joint stream is stepped by its own copy of the scheduler, as the reference pipelines do
+        schedulers = {name: self.scheduler if name == VIDEO else copy.deepcopy(self.scheduler) for name in latents}
+        transformer = self.transformer
         # the pipelines cast latents and text to the model's dtype; a sharded model computes in its
         # mixed-precision dtype, which its (fp32 master) parameters don't show, so the runner passes it
         dtype = self.compute_dtype or next(transformer.parameters()).dtype
-        guide = _Guide(self.plan, guidance, rescale, cfg)
+        guide = Guide(self.plan, run.guidance, run.rescale, run.cfg)
         was_training = transformer.training
         transformer.eval()  # a live training model may come in training mode; it goes back to it below
         bar = tqdm(total=len(timesteps), desc="sample", unit="step", file=sys.stderr, disable=not progress)
         try:
             for i, t in enumerate(timesteps):
-                current = {"": latents, **streams}  # "" is the video; the rest are joint streams
-                step = _Step(self.adapter, transformer, current, sigmas[i], t, fps, dtype)
-                predictions = step.run(both, 2) if cfg else step.run(text, 1)  # [negative; positive] in one batch
+                step = _Step(self.adapter, transformer, latents, sigmas[i], t, run.fps, dtype)
+                predictions = step.run(both, 2) if run.cfg else step.run(text, 1)  # [negative; positive] in one batch
                 # each perturbation: the positive prompt once more, with its call overrides
                 perturbed = {term.name: step.run(text, 1, term.call) for term in guide.active_terms}
-                for name, x in current.items():
+                stepped = {}
+                for name, x in latents.items():  # the video first, then the streams in name order
                     terms = {term: values[name] for term, values in perturbed.items()}
                     guided = guide(predictions[name], terms, x, sigmas[i], name)
-                    step_scheduler = scheduler if name == "" else stream_schedulers[name]
-                    stepped = step_scheduler.step(guided, t, x, return_dict=False)[0]
-                    if name == "":
-                        latents = stepped
-                    else:
-                        streams[name] = stepped
+                    stepped[name] = schedulers[name].step(guided, t, x, return_dict=False)[0]
+                latents = stepped
                 bar.update()
         finally:
             bar.close()
             transformer.train(was_training)
-
-        video = self._decode(latents, generator) if decode else None
-        return Generation(
-            latents=latents.float().cpu(),
-            video=video,
-            seed=seed,
-            prompts=tuple(prompts),
-            negative_prompt=negative,
-            frames=frames,
-            height=height,
-            width=width,
-            fps=fps,
-            steps=steps,
-            guidance=guidance,
-        )
+        return latents
 
     def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
-        return {name: t.to(self.device) for name, t in self.processor.conditioning(prompts).items()}
+        return {name: t.to(self.device) for name, t in self.processor.transformer_text(prompts).items()}
 
     def _schedule(self, steps: int, shape: LatentShape) -> tuple[Tensor, Tensor]:
         """Set the scheduler's timesteps with the spec's σ rule and shift; return (timesteps, σ)."""
@@ -247,7 +297,7 @@ class Sampler:
 
 @frozen(eq=False)
 class _Step:
-    """One denoising step's transformer passes: the current latents of the video ("") and the joint streams."""
+    """One denoising step's transformer passes: the current latents of the video (`VIDEO`) and the joint streams."""
 
     adapter: Adapter
     transformer: torch.nn.Module
@@ -263,7 +313,7 @@ class _Step:
         size = next(iter(inputs.values())).shape[0]
         # σ and the scheduler's own timestep: the call mapping picks what the model takes
         env = self.adapter.environment(
-            inputs.pop(""),
+            inputs.pop(VIDEO),
             self.sigma.expand(size),
             text,
             self.fps,
@@ -273,45 +323,16 @@ class _Step:
             compute_dtype=self.dtype,
         )
         video, others = self.adapter.outputs(self.transformer, env, overrides)
-        return {"": video, **{name: others[name] for name in inputs}}
+        return {VIDEO: video, **{name: others[name] for name in inputs}}
 
 
-class _Guide:
-    """Combines one step's predictions as the spec's `[sampler]` says: CFG and perturbation terms."""
-
-    def __init__(self, plan: Plan, guidance: float, rescale: float, cfg: bool) -> None:
-        self.space = plan.spec.sampler.guidance_space
-        self.guidance, self.rescale, self.cfg = guidance, rescale, cfg
-        self.weights = {p.name: float(p.weight({"scale": p.scale})) for p in plan.perturbations}
-        self.active_terms = [p for p in plan.perturbations if self.weights[p.name] != 0]
-        self.stream_guidance = {n: s.guidance for n, s in plan.streams.items() if s.guidance is not None}
-
-    def __call__(
-        self, prediction: Tensor, perturbed: Mapping[str, Tensor], sample: Tensor, sigma: Tensor, stream: str = ""
-    ) -> Tensor:
-        """The guided velocity for one stream ("" is the video); `prediction` is [uncond; cond] when CFG runs."""
-        guidance = self.stream_guidance.get(stream, self.guidance)
-        if self.space == "velocity":
-            if self.cfg:
-                uncond, cond = prediction.chunk(2)
-                guided = uncond + guidance * (cond - uncond)
-            else:
-                cond = guided = prediction
-            for name, value in perturbed.items():
-                guided = guided + self.weights[name] * (cond - value)
-            return _rescale(guided, cond, self.rescale) if (self.cfg and self.rescale > 0) else guided
-        # "x0": every prediction becomes clean latents x - σ·v, the terms are deltas from the conditional one
-        to_x0 = lambda v: sample - v * sigma  # noqa: E731
-        if self.cfg:
-            uncond, cond = (to_x0(v) for v in prediction.chunk(2))
-            guided = cond + (guidance - 1) * (cond - uncond)
-        else:
-            cond = guided = to_x0(prediction)
-        for name, value in perturbed.items():
-            guided = guided + self.weights[name] * (cond - to_x0(value))
-        if self.rescale > 0:
-            guided = _rescale(guided, cond, self.rescale)
-        return (sample - guided) / sigma
+def _prompt_list(prompts: Sequence[str]) -> list[str]:
+    """The prompts as a list (a lone string is one prompt); an error when there are none."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise UserError("no prompts to generate from")
+    return list(prompts)
 
 
 def size_or_default(value: int | None, default: int | None, name: str) -> int:
@@ -328,19 +349,3 @@ def _config_flag(module: Any, key: str) -> bool:
     config = getattr(module, "config", None)
     value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
     return bool(value)
-
-
-def _rescale(guided: Tensor, cond: Tensor, factor: float) -> Tensor:
-    """Pull the guided prediction's std towards the conditional one's (arXiv 2305.08891, section 3.4)."""
-    dims = list(range(1, cond.ndim))
-    rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
-    return factor * rescaled + (1 - factor) * guided
-
-
-def _text_plan(plan: Plan) -> Plan:
-    """`plan` with the text length set to `[sampler] max_sequence_length` when that is given."""
-    length = plan.spec.sampler.max_sequence_length
-    if length is None or length == plan.spec.text.max_length:
-        return plan
-    text = attrs.evolve(plan.spec.text, max_length=length)
-    return attrs.evolve(plan, spec=attrs.evolve(plan.spec, text=text))

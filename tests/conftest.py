@@ -1,13 +1,19 @@
-"""Shared fixtures: paths to the checkout's specs, and a way to run the CLI in-process."""
+"""Shared fixtures: paths to the checkout's specs, a way to run the CLI in-process, and the README's first command
+(`ltxc run train`, the embedded default) run once per session for every test that reads its result."""
 
 from __future__ import annotations
 
 import os
+import runpy
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import attrs
 import pytest
 
 from ltxc.cli import main
@@ -54,6 +60,13 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
     return code, out, err
 
 
+def generated_reference(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """What `python tools/spec_reference.py ARGV` prints (the generator of docs/*-reference.md), run in-process."""
+    capsys.readouterr()
+    runpy.run_path(str(ROOT / "tools" / "spec_reference.py"))["main"](list(argv))
+    return capsys.readouterr().out
+
+
 @pytest.fixture(autouse=True)
 def no_stray_plan(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process `ltxc run …` ignores a `.ltxc/plan.json` that happens to sit in the working directory
@@ -61,3 +74,30 @@ def no_stray_plan(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     import ltxc.commands.plans
 
     monkeypatch.setattr(ltxc.commands.plans, "DEFAULT_PLAN", tmp_path_factory.getbasetemp() / "no-such-plan.json")
+
+
+@attrs.frozen
+class CommandRun:
+    """A finished `python -m ltxc ...` subprocess: where it ran, how it ended, how long it took."""
+
+    cwd: Path
+    done: subprocess.CompletedProcess[str]
+    seconds: float
+
+
+def ltxc_subprocess(*args: str, cwd: Path, timeout: float = 600) -> CommandRun:
+    """`python -m ltxc ARGS` in a fresh interpreter, as a user runs it (without a test process group's env)."""
+    env = {key: value for key, value in os.environ.items() if key not in DIST_ENV}
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "ltxc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    return CommandRun(cwd, done, time.monotonic() - began)
+
+
+@pytest.fixture(scope="session")
+def embedded_default_run(tmp_path_factory: pytest.TempPathFactory) -> CommandRun:
+    """`ltxc run train --set log.progress=false` in an empty directory, exactly as the README's first command (a fresh
+    interpreter; synthetic media, preprocessing, 400 steps, exports under runs/default/): ~30 s on 2 cores, so it
+    runs once per session. Read-only for its users: a test that writes (e.g. a generated video) writes new files."""
+    return ltxc_subprocess("run", "train", "--set", "log.progress=false", cwd=tmp_path_factory.mktemp("embedded"))

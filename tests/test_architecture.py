@@ -7,7 +7,8 @@
     scalar types and enums, both ways (tagged unions variant by variant against their if/then branch);
 (d) no model-family identifier (LTX, Wan, T5, ...) in ltxc/ source: model knowledge lives in specs/;
 (e) every spec in specs/ (except specs/runs/) compiles;
-(f) no module or package named utils in ltxc/.
+(f) no module or package named utils in ltxc/;
+(g) sizes: no function in ltxc/ over 80 lines, no module over 400 lines (each offender named).
 
 Run: `pytest -q tests/test_architecture.py`
 """
@@ -355,7 +356,8 @@ def _listed(text: str) -> set[str]:
 
 def test_call_vocabulary_in_schema_matches_the_compiler(schema):
     """The `[transformer.call]` description is the user's reference: its names and ops are the real ones."""
-    from ltxc.compiler import CALL_NAMES, geometry_numbers
+    from ltxc.adapter import CALL_NAMES
+    from ltxc.compiler import geometry_numbers
     from ltxc.geometry import FrameRule, Geometry
     from ltxc.ops import op_table
 
@@ -498,3 +500,43 @@ def test_every_spec_compiles(path):
 def test_no_utils_module():
     offenders = [p.relative_to(ROOT).as_posix() for p in LTXC.rglob("*") if p.stem == "utils" or p.name == "utils"]
     assert offenders == []
+
+
+# --- (g) sizes -------------------------------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 80
+MAX_MODULE_LINES = 400
+
+
+def _function_lengths(path: Path, root: Path = ROOT) -> list[tuple[str, int]]:
+    """(path:line name, lines from `def` to its last line) for every function and method in a module, nested ones
+    included (decorators are not counted)."""
+    return [
+        (f"{path.relative_to(root).as_posix()}:{node.lineno} {node.name}", node.end_lineno - node.lineno + 1)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None
+    ]
+
+
+def test_no_function_over_80_lines():
+    """A long function is split into named steps (the train loop reads like a list of them)."""
+    lengths = [found for path in sorted(LTXC.rglob("*.py")) for found in _function_lengths(path)]
+    assert len(lengths) > 100  # the walk sees ltxc's functions
+    offenders = sorted((f"{where}: {lines} lines" for where, lines in lengths if lines > MAX_FUNCTION_LINES))
+    assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(
+        offenders
+    )
+
+
+def test_no_module_over_400_lines():
+    """A module that outgrows 400 lines becomes a package of modules that each say what they hold."""
+    lengths = {path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines()) for path in LTXC.rglob("*.py")}
+    offenders = sorted(f"{where}: {lines} lines" for where, lines in lengths.items() if lines > MAX_MODULE_LINES)
+    assert not offenders, f"modules over {MAX_MODULE_LINES} lines (make a package):\n" + "\n".join(offenders)
+
+
+def test_the_size_guards_measure_from_def_to_the_last_line(tmp_path):
+    source = tmp_path / "sample.py"
+    source.write_text("@decorator\ndef f():\n    x = 1\n\n    return x\n\n\nasync def g():\n    pass\n")
+    found = {where.split(" ")[-1]: lines for where, lines in _function_lengths(source, tmp_path)}
+    assert found == {"f": 4, "g": 2}

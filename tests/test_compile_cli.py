@@ -230,15 +230,26 @@ def test_missing_spec_is_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+# `compile` and `verify` load the spec before anything imports torch: a bad spec fails in a fraction of a second.
+BAD_SPEC_WITHOUT_TORCH = """
+import sys
+from ltxc.cli import main
+codes = [main([command, sys.argv[1]]) for command in ("compile", "verify")]
+assert codes == [2, 2], codes
+assert "torch" not in sys.modules, "torch was imported before the spec was read"
+"""
+
+
 @pytest.fixture(scope="module")
 def entry_points(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[subprocess.Popen[str], Path]]:
-    """`python -m ltxc` and the `ltxc` console script, started together (each pays ~3 s of imports)."""
+    """`python -m ltxc`, the `ltxc` console script and a bad spec, started together (each pays its imports)."""
     script = shutil.which("ltxc", path=str(Path(sys.executable).parent))
     assert script, f"no ltxc console script next to {sys.executable}"
     root = tmp_path_factory.mktemp("entry_points")
     argv = {
         "module": [sys.executable, "-m", "ltxc", "compile", "specs/tiny/ltx.toml", "--out", str(root / "module")],
         "script": [script, "compile", "specs/tiny/ltx.toml", "--out", str(root / "script")],
+        "bad_spec": [sys.executable, "-c", BAD_SPEC_WITHOUT_TORCH, str(root / "bad_spec" / "nope.toml")],
     }
     return {
         name: (
@@ -276,3 +287,10 @@ def test_python_dash_m(entry_points: dict[str, tuple[subprocess.Popen[str], Path
 def test_console_script(entry_points: dict[str, tuple[subprocess.Popen[str], Path]]) -> None:
     plan = check_success(entry_points["script"])
     assert plan["sources"] == ["specs/ltx.toml", "specs/tiny/ltx.toml"]
+
+
+def test_a_bad_spec_fails_before_torch_is_imported(entry_points: dict[str, tuple[subprocess.Popen[str], Path]]) -> None:
+    process, out = entry_points["bad_spec"]
+    code, stdout, stderr = finish(process)
+    assert code == 0, stdout + stderr
+    assert stderr.splitlines() == [f"{out / 'nope.toml'}:1: file not found"] * 2

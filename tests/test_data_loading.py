@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from ltxc.data.cache import Cache
 from ltxc.data.dataset import CacheDataset, collate
-from ltxc.data.loader import make_loader, restore_sampler, sampler_state
+from ltxc.data.loader import make_loader, restore_sampler
 from ltxc.data.sampler import BucketBatchSampler
 from ltxc.errors import UserError
 
@@ -299,9 +299,11 @@ def test_resumed_loader_continues_with_the_exact_next_batch(dataset: CacheDatase
         resumed = make_loader(dataset, 2, rank=0, world_size=1, seed=4, workers=workers)
         resumed.load_state_dict(state)
         assert head + take(resumed, total - k) == straight, f"resume after {k} batches drifted"
-        # The portable form: the sampler's position alone, into a loader with another worker count.
+        # The portable form, as the runner resumes: the sampler's position derived from the batches consumed,
+        # into a loader with another worker count.
         portable = make_loader(dataset, 2, rank=0, world_size=1, seed=4, workers=2 - workers)
-        restore_sampler(portable, sampler_state(state))
+        epoch, position = divmod(k, portable.batch_sampler.batches_per_epoch)
+        restore_sampler(portable, {"epoch": epoch, "position": position})
         assert head + take(portable, total - k) == straight
 
 

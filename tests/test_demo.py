@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CommandRun
 
 from ltxc.commands.generate import format_distances
 from ltxc.commands.train import SAMPLE_CLIPS, SAMPLE_SIZE
@@ -48,8 +49,8 @@ def verdicts(stdout: str) -> list[tuple[int, int, float]]:
 
 
 @pytest.mark.slow
-def test_generating_a_training_caption_lands_on_its_clip(tmp_path: Path) -> None:
-    trained = ltxc("run", "train", "--set", "log.progress=false", cwd=tmp_path)
+def test_generating_a_training_caption_lands_on_its_clip(embedded_default_run: CommandRun) -> None:
+    tmp_path, trained = embedded_default_run.cwd, embedded_default_run.done  # shared with test_train.py
     assert trained.returncode == 0, trained.stderr
     media = sorted((tmp_path / "runs" / "default" / "media").glob("*.txt"))
     captions = [path.read_text(encoding="utf-8").strip() for path in media]

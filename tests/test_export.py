@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 
 from ltxc.compiler import compile_spec
 from ltxc.plan import Plan
+from ltxc.runner.config import ExportSection
 from ltxc.runner.export import (
     COMFYUI_LORA,
     COMFYUI_PREFIX,
@@ -36,6 +37,7 @@ from ltxc.runner.export import (
     from_comfyui,
 )
 from ltxc.runner.lora import add_lora, lora_config, lora_state_dict
+from ltxc.runner.run_dir import LORA, TRANSFORMER, RunDir
 from ltxc.spec import load_spec
 
 RANK, ALPHA = 4, 8.0  # scale 2: a loader that assumed alpha = rank would be off by 2x
@@ -228,14 +230,24 @@ def test_full_export_refuses_a_lora_model(trained: SimpleNamespace, tmp_path: Pa
 
 
 def test_export_trained_writes_the_run_exports(trained: SimpleNamespace, plan: Plan, tmp_path: Path) -> None:
-    info = SimpleNamespace(is_main=True)
-    settings = SimpleNamespace(run_dir=tmp_path, export_lora_diffusers=True, export_lora_comfyui=True, export_full=True)
-    lora = export_trained(plan, trained.transformer, trained.config, settings, info)
+    export = ExportSection(lora_diffusers=True, lora_comfyui=True, full=True)
+    out = RunDir(tmp_path).export
+    lora = export_trained(plan, trained.transformer, trained.config, export, out, is_main=True)
     assert set(lora) == {"lora_diffusers", "lora_comfyui"}
+    assert Path(lora["lora_diffusers"]) == out / LORA / DIFFUSERS_LORA
     assert load_file(lora["lora_diffusers"]).keys() == load_file(trained.paths["diffusers"]).keys()
 
-    full = export_trained(plan, perturbed_transformer(plan), None, settings, info)
-    assert set(full) == {"transformer"} and (Path(full["transformer"]) / "config.json").is_file()
+    full = export_trained(plan, perturbed_transformer(plan), None, export, out, is_main=True)
+    assert set(full) == {"transformer"} and Path(full["transformer"]) == out / TRANSFORMER
+    assert (Path(full["transformer"]) / "config.json").is_file()
+
+    # only what the run config asks for
+    comfyui_only = ExportSection(lora_diffusers=False, lora_comfyui=True)
+    assert set(
+        export_trained(plan, trained.transformer, trained.config, comfyui_only, tmp_path / "c", is_main=True)
+    ) == {"lora_comfyui"}
+    none = ExportSection(lora_diffusers=False, lora_comfyui=False, full=False)
+    assert export_trained(plan, perturbed_transformer(plan), None, none, tmp_path / "n", is_main=True) == {}
 
 
 def test_comfyui_renames_replace_whole_name_parts_and_round_trip(trained: SimpleNamespace) -> None:

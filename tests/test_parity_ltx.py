@@ -170,8 +170,7 @@ def test_plan_normaliser_with_literal_lists(tmp_path: Path) -> None:
 
 
 def with_normaliser(plan: Plan, normaliser: object) -> Plan:
-    spec = attrs.evolve(plan.spec, latent=attrs.evolve(plan.spec.latent, normalise=normaliser))
-    return attrs.evolve(plan, spec=spec)
+    return attrs.evolve(plan, latent=attrs.evolve(plan.latent, normalise=normaliser))
 
 
 def test_plan_normaliser_shift_scale_and_none() -> None:

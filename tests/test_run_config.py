@@ -1,4 +1,4 @@
-"""Run configs (schemas/run.schema.json, ltxc/spec/run.py): examples, defaults, errors, `--set`, `extends`, guards.
+"""Run configs (schemas/run.schema.json, ltxc/runner/config.py): examples, defaults, errors, `--set`, `extends`, guards.
 
 - every example in specs/runs/ loads; default.toml is exactly the embedded default (what no file means);
   an empty file gives every default;
@@ -8,8 +8,8 @@
   with its place shown as `--set:N`; unknown keys and malformed items are errors;
 - `extends` deep-merges over a parent relative to the file;
 - guards as in test_architecture: schema keys <-> attrs fields both ways, every key described, schema
-  defaults equal to the attrs defaults; docs/run-reference.md is generated from the schema; `ltxc.spec`
-  still imports no torch.
+  defaults equal to the attrs defaults; docs/run-reference.md is generated from the schema; reading a run
+  config imports neither torch nor the spec layer (checked in a fresh interpreter).
 
 Run: `pytest -q tests/test_run_config.py`
 """
@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import jsonschema
 import pytest
-from conftest import ROOT, SPECS
+from conftest import ROOT, SPECS, generated_reference
 from test_architecture import _check_class, _described_keys
 
 from ltxc.errors import ConfigError, UserError
@@ -547,13 +547,8 @@ def test_schema_defaults_validate(schema):
     assert run_config_from_dict(document) == RunConfig()
 
 
-def test_run_reference_matches_schema():
-    generated = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "spec_reference.py"), "run.schema.json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+def test_run_reference_matches_schema(capsys):
+    generated = generated_reference(capsys, "run.schema.json")
     committed = (ROOT / "docs" / "run-reference.md").read_text()
     assert generated == committed, "regenerate: python tools/spec_reference.py run.schema.json > docs/run-reference.md"
     assert "| `train.steps` |" in committed and "| `optimizer.betas` |" in committed

@@ -64,7 +64,7 @@ def reference(
     **extra: Any,
 ) -> torch.Tensor:
     """The pipeline's output for the spec's sampler settings, every setting passed explicitly."""
-    s = plan.spec.sampler
+    s = plan.sampler
     frames, height, width = size
     out = pipe(
         prompt=prompts,
@@ -78,7 +78,7 @@ def reference(
         generator=torch.Generator().manual_seed(seed),
         decode_timestep=s.decode_timestep,
         decode_noise_scale=s.decode_noise_scale,
-        max_sequence_length=s.max_sequence_length or plan.spec.text.max_length,
+        max_sequence_length=s.max_sequence_length or plan.text.max_length,
         output_type=output_type,
         **extra,
     ).frames
@@ -101,7 +101,7 @@ def test_frames_and_latents_match_the_pipeline(
     assert ours.video is not None and ours.video.shape == (1, frames, height, width, 3)
     assert ours.video.dtype == torch.float32 and ours.video.min() >= 0 and ours.video.max() <= 1
     assert ours.video.std() > 1e-3  # a real decode, not a constant image
-    assert ours.negative_prompt == (plan.spec.sampler.negative_prompt if guidance > 1 else None)
+    assert ours.negative_prompt == (plan.sampler.negative_prompt if guidance > 1 else None)
 
     frames_delta = max_abs(ours.video, reference(pipeline, plan, [PROMPT], size, guidance, seed=7))
     packed = reference(pipeline, plan, [PROMPT], size, guidance, seed=7, output_type="latent")
@@ -135,7 +135,7 @@ def test_batch_and_guidance_rescale_match_the_pipeline(sampler: Sampler, pipelin
 
 
 def test_defaults_come_from_the_spec(sampler: Sampler, plan: Plan) -> None:
-    s = plan.spec.sampler
+    s = plan.sampler
     out = sampler([PROMPT], decode=False)
     assert (out.frames, out.height, out.width, out.steps, out.guidance, out.fps) == (
         s.frames,
@@ -206,7 +206,7 @@ def test_sampler_max_sequence_length_reaches_the_text_encoder(tmp_path: Path) ->
     )
     pipe.set_progress_bar_config(disable=True)
     ours = Sampler(plan, components)([PROMPT], steps=2, seed=2)
-    s = plan.spec.sampler
+    s = plan.sampler
     theirs = pipe(
         prompt=[PROMPT],
         negative_prompt=s.negative_prompt,

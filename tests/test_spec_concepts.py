@@ -32,12 +32,24 @@ from ltxc.adapter import Adapter
 from ltxc.commands.verify import build_reference, reference_call
 from ltxc.compiler import compile_spec
 from ltxc.errors import ConfigError, Problem, UserError
+from ltxc.guidance import Guide
 from ltxc.plan import Plan
 from ltxc.processor import Processor
+from ltxc.runner.config import (
+    CheckpointSection,
+    DataSection,
+    ExportSection,
+    LogSection,
+    LoraSection,
+    ParallelSection,
+    RunConfig,
+    RunSection,
+    TrainSection,
+)
 from ltxc.runner.distributed import init_distributed
 from ltxc.runner.lora import add_lora, lora_config, lora_state_dict
-from ltxc.runner.train import TrainSettings, build_model
-from ltxc.sampler import Sampler, _Guide
+from ltxc.runner.model import build_model
+from ltxc.sampler import Sampler
 from ltxc.spec import load_spec
 
 TINY_LTX2 = SPECS / "tiny" / "ltx-2.3.toml"
@@ -62,7 +74,7 @@ def components(plan: Plan) -> Any:
 @pytest.fixture(scope="module")
 def text(plan: Plan, components: Any) -> dict[str, torch.Tensor]:
     """The conditioning the transformer sees for one prompt (the connectors applied)."""
-    return Processor(plan, components).conditioning(PROMPTS[:1])
+    return Processor(plan, components).transformer_text(PROMPTS[:1])
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +172,8 @@ def test_isolated_video_loss_never_reaches_the_audio_branch(plan: Plan, text: di
 def test_runner_model_freezes_the_audio_branch(
     plan: Plan, text: dict, tmp_path: Path, process_group: None, mode: str
 ) -> None:
-    settings = TrainSettings(run_dir=tmp_path, cache=tmp_path, mode=mode, lora_rank=4, lora_alpha=4.0,
-                             activation_checkpointing="off", precision="fp32", device="cpu")  # fmt: skip
+    settings = RunConfig(train=TrainSection(mode=mode, activation_checkpointing="off"),
+                         lora=LoraSection(rank=4, alpha=4.0), parallel=ParallelSection(precision="fp32"))  # fmt: skip
     model, config, compute_dtype = build_model(plan, settings, init_distributed("cpu"))
     assert compute_dtype is None and (config is None) == (mode == "full")
     frozen = {n: p for n, p in model.named_parameters() if frozen_part(plan, n)}
@@ -193,11 +205,11 @@ def test_runner_model_freezes_the_audio_branch(
 
 
 def test_ltx2_conditioning_equals_the_pipeline(plan: Plan, components: Any) -> None:
-    ours = Processor(plan, components).conditioning(PROMPTS)
+    ours = Processor(plan, components).transformer_text(PROMPTS)
     pipe = build_reference(LTX2Pipeline, components)
     with torch.no_grad():
         embeds, mask, _, _ = pipe.encode_prompt(
-            PROMPTS, do_classifier_free_guidance=False, max_sequence_length=plan.spec.text.max_length
+            PROMPTS, do_classifier_free_guidance=False, max_sequence_length=plan.text.max_length
         )
         video, audio, connector_mask = pipe.connectors(embeds, mask, padding_side="left")
     assert set(ours) == {"embeds", "audio_embeds", "mask"}
@@ -208,7 +220,7 @@ def test_ltx2_conditioning_equals_the_pipeline(plan: Plan, components: Any) -> N
     assert torch.equal(ours["mask"].long(), connector_mask.long())
     assert max_abs(ours["embeds"][0], ours["embeds"][2]) > 1e-3  # the prompts do reach the output
     # the tokenizer's mask, before the stage, is the pipeline's: left padding, the short prompt padded
-    raw = Processor(plan, components).encode_captions(PROMPTS)
+    raw = Processor(plan, components).encoder_output(PROMPTS)
     assert torch.equal(raw["mask"].long(), mask.long())
     assert not raw["mask"][0, 0] and raw["mask"][0, -1] and raw["mask"][1].all()
     assert max_abs(raw["embeds"], embeds) <= 1e-6
@@ -217,10 +229,10 @@ def test_ltx2_conditioning_equals_the_pipeline(plan: Plan, components: Any) -> N
 def test_wan_conditioning_equals_the_pipeline() -> None:
     plan = compile_spec(load_spec(TINY_WAN))
     components = plan.components()
-    ours = Processor(plan, components).conditioning(PROMPTS)
+    ours = Processor(plan, components).transformer_text(PROMPTS)
     pipe = build_reference(WanPipeline, components)
     with torch.no_grad():
-        theirs = pipe._get_t5_prompt_embeds(PROMPTS, max_sequence_length=plan.spec.text.max_length)
+        theirs = pipe._get_t5_prompt_embeds(PROMPTS, max_sequence_length=plan.text.max_length)
     assert ours["embeds"].shape == theirs.shape == (3, 32, 32)
     assert max_abs(ours["embeds"], theirs) <= 1e-6
     mask = ours["mask"]
@@ -239,7 +251,7 @@ def test_wan_conditioning_equals_the_pipeline() -> None:
 
 
 def test_stack_all_is_stack_on_a_new_last_dim_then_flatten(plan: Plan, components: Any) -> None:
-    ours = Processor(plan, components).encode_captions(PROMPTS)["embeds"]
+    ours = Processor(plan, components).encoder_output(PROMPTS)["embeds"]
     tokenizer, encoder = components["tokenizer"], components["text_encoder"]
     tokenizer.padding_side = "left"
     tokens = tokenizer(PROMPTS, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
@@ -262,8 +274,8 @@ def test_before_stage_cache_then_stage_equals_after_stage_cache(plan: Plan, comp
     assert plan.spec.text.cache == "after_stage" and before_plan.hash != plan.hash
     after, before = Processor(plan, components), Processor(before_plan, components)
 
-    after_cache = after.encode_text(PROMPTS)
-    before_cache = before.encode_text(PROMPTS)
+    after_cache = after.cache_text(PROMPTS)
+    before_cache = before.cache_text(PROMPTS)
     assert set(after_cache) == {"embeds", "audio_embeds", "mask"}
     assert set(before_cache) == {"embeds", "mask"}
     assert before_cache["embeds"].shape == (3, 32, 96)  # Gemma's 3 stacked states of width 32
@@ -288,37 +300,36 @@ def test_before_stage_cache_then_stage_equals_after_stage_cache(plan: Plan, comp
 
 
 def with_space(plan: Plan, space: str) -> Plan:
-    sampler = attrs.evolve(plan.spec.sampler, guidance_space=space)
-    return attrs.evolve(plan, spec=attrs.evolve(plan.spec, sampler=sampler))
+    return attrs.evolve(plan, sampler=attrs.evolve(plan.sampler, guidance_space=space))
 
 
 def test_x0_space_cfg_equals_velocity_space_cfg(plan: Plan) -> None:
-    assert plan.spec.sampler.guidance_space == "x0"
+    assert plan.sampler.guidance_space == "x0"
     gen = torch.Generator().manual_seed(3)
     prediction, sample = torch.randn(2, 128, 2, 2, 3, generator=gen), torch.randn(1, 128, 2, 2, 3, generator=gen)
     perturbed = {name: torch.randn(1, 128, 2, 2, 3, generator=gen) for name in ("stg", "modality")}
     sigma = torch.tensor(0.7)
     velocity = with_space(plan, "velocity")
     for guidance in (3.0, 1.0 + 1e-3):
-        x0 = _Guide(plan, guidance, 0.0, True)(prediction, {}, sample, sigma)
-        v = _Guide(velocity, guidance, 0.0, True)(prediction, {}, sample, sigma)
+        x0 = Guide(plan, guidance, 0.0, True)(prediction, {}, sample, sigma)
+        v = Guide(velocity, guidance, 0.0, True)(prediction, {}, sample, sigma)
         uncond, cond = prediction.chunk(2)
         assert max_abs(x0, v) <= 1e-5
         assert max_abs(v, uncond + guidance * (cond - uncond)) <= 1e-6
         # the audio stream uses its own scale (7), in either space
-        audio = _Guide(plan, guidance, 0.0, True)(prediction, {}, sample, sigma, "audio")
+        audio = Guide(plan, guidance, 0.0, True)(prediction, {}, sample, sigma, "audio")
         assert max_abs(audio, uncond + 7.0 * (cond - uncond)) <= 1e-5
         # perturbation terms are deltas too: the same in both spaces
-        x0 = _Guide(plan, guidance, 0.0, True)(prediction, perturbed, sample, sigma)
-        v = _Guide(velocity, guidance, 0.0, True)(prediction, perturbed, sample, sigma)
+        x0 = Guide(plan, guidance, 0.0, True)(prediction, perturbed, sample, sigma)
+        v = Guide(velocity, guidance, 0.0, True)(prediction, perturbed, sample, sigma)
         assert max_abs(x0, v) <= 1e-5
         expected = (
             uncond + guidance * (cond - uncond) + (cond - perturbed["stg"]) + 2.0 * (cond - perturbed["modality"])
         )
         assert max_abs(v, expected) <= 1e-5
     # guidance rescale is where the spaces differ (std of x0 vs std of v): the comparison can fail
-    x0 = _Guide(plan, 3.0, 0.7, True)(prediction, {}, sample, sigma)
-    v = _Guide(velocity, 3.0, 0.7, True)(prediction, {}, sample, sigma)
+    x0 = Guide(plan, 3.0, 0.7, True)(prediction, {}, sample, sigma)
+    v = Guide(velocity, 3.0, 0.7, True)(prediction, {}, sample, sigma)
     assert max_abs(x0, v) > 1e-3
 
 
@@ -431,7 +442,7 @@ def test_a_stream_cannot_take_the_video_output(tmp_path: Path) -> None:
     assert_problem(spec, line_of(spec, "output = 0"), "streams.audio.output", "transformer.output")
 
 
-@pytest.mark.parametrize("name", ["text", "latent", "sigma"])
+@pytest.mark.parametrize("name", ["text", "latent", "sigma", "video"])
 def test_reserved_stream_names(tmp_path: Path, name: str) -> None:
     spec = write_child(tmp_path, TINY_LTX2, f"[streams.{name}]\n{STREAM}output = 2\n")
     assert_problem(spec, line_of(spec, f"[streams.{name}]"), f"streams.{name}", "reserved")
@@ -499,14 +510,14 @@ def test_wan_cleans_captions_as_the_pipeline_does() -> None:
     plan = compile_spec(load_spec(TINY_WAN))
     components = plan.components()
     dirty = ["a  red   ball &amp; a cube ", " waves"]
-    ours = Processor(plan, components).conditioning(dirty)
+    ours = Processor(plan, components).transformer_text(dirty)
     pipe = build_reference(WanPipeline, components)
     with torch.no_grad():
-        theirs = pipe._get_t5_prompt_embeds(dirty, max_sequence_length=plan.spec.text.max_length)
+        theirs = pipe._get_t5_prompt_embeds(dirty, max_sequence_length=plan.text.max_length)
     assert max_abs(ours["embeds"], theirs) <= 1e-6
     # without the spec's cleaning the same prompts encode differently: the check can fail
-    raw = attrs.evolve(plan, spec=attrs.evolve(plan.spec, text=attrs.evolve(plan.spec.text, clean=())))
-    unclean = Processor(raw, components).conditioning(dirty)
+    raw = attrs.evolve(plan, text=attrs.evolve(plan.text, clean=()))
+    unclean = Processor(raw, components).transformer_text(dirty)
     assert max_abs(unclean["embeds"], theirs) > 1e-3
 
 
@@ -546,10 +557,11 @@ def test_before_stage_training_sees_the_after_stage_conditioning(
         return original(self, transformer, latents, sigma, text, *a, **k)
 
     monkeypatch.setattr(Adapter, "predict", spy)
-    settings = TrainSettings(
-        run_dir=tmp_path / "run", cache=caches["before"], mode="lora", steps=2, batch_size=1, cfg_dropout=probability,
-        checkpoint_every=0, progress=False, tensorboard=False, export_lora_diffusers=False,
-        export_lora_comfyui=False, export_full=False, pin_memory=False,
+    settings = RunConfig(
+        run=RunSection(output=str(tmp_path / "run")), data=DataSection(cache=str(caches["before"]), pin_memory=False),
+        train=TrainSection(mode="lora", steps=2, cfg_dropout=probability), checkpoint=CheckpointSection(every=0),
+        log=LogSection(progress=False, tensorboard=False),
+        export=ExportSection(lora_diffusers=False, lora_comfyui=False, full=False),
     )  # fmt: skip
     train(before, settings)
     assert len(seen) == 2

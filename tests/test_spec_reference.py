@@ -5,16 +5,12 @@ Run: pytest tests/test_spec_reference.py   (regenerate with: python tools/spec_r
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from conftest import ROOT
+import pytest
+from conftest import ROOT, generated_reference
 
 
-def test_reference_matches_schema() -> None:
-    generated = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "spec_reference.py")], capture_output=True, text=True, check=True
-    ).stdout
+def test_reference_matches_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    generated = generated_reference(capsys)
     committed = (ROOT / "docs" / "spec-reference.md").read_text()
     assert generated == committed, "regenerate: python tools/spec_reference.py > docs/spec-reference.md"
 

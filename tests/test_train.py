@@ -16,6 +16,9 @@ Covers:
   `TrainingDiverged` naming the step and "no checkpoint", or the last good checkpoint (nothing written
   after it; also one resumed from in another run directory); via the CLI it exits 2 with one line;
   a cache made with another spec is refused;
+- resume refusals, each one line naming the --set that continues the run or --resume never: a checkpoint
+  of the other mode, another train.steps (or epochs giving another total: the LR schedule), another
+  run.seed, another global batch; nothing is written;
 - frozen parts: training from a cache builds the transformer and nothing else (no VAE, no text encoder);
 - exports: the diffusers LoRA loaded into a fresh `LTXPipeline` gives exactly the output of a transformer
   rebuilt independently from the final DCP checkpoint (and not the base model's); the full fine-tune
@@ -47,9 +50,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
-from conftest import DIST_ENV, TINY_LTX, isolated_process_group
+from conftest import DIST_ENV, TINY_LTX, CommandRun, isolated_process_group
 from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -63,10 +67,22 @@ from ltxc.plan import Plan
 from ltxc.preprocess.run import preprocess
 from ltxc.preprocess.settings import build_settings
 from ltxc.runner.checkpoint import latest_checkpoint
+from ltxc.runner.config import (
+    CheckpointSection,
+    DataSection,
+    ExportSection,
+    LogSection,
+    LoraSection,
+    OptimizerSection,
+    RunConfig,
+    RunSection,
+    ScheduleSection,
+    TrainSection,
+)
 from ltxc.runner.lora import add_lora, lora_config
 from ltxc.runner.metrics import read_metrics
-from ltxc.runner.optim import OptimSettings, lr_factor, make_scheduler
-from ltxc.runner.train import TrainingDiverged, TrainResult, TrainSettings, train
+from ltxc.runner.optim import lr_factor, make_lr_schedule
+from ltxc.runner.train import TrainingDiverged, TrainResult, train
 from ltxc.spec import load_spec
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -121,25 +137,20 @@ def diverging(media: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pl
     return child, child.save(directory), make_cache(child, media, directory / "cache")
 
 
-def settings(run_dir: Path, cache: Path, **overrides: Any) -> TrainSettings:
-    """Quiet, fast settings: no progress bar, no TensorBoard, no exports, LoRA rank 4 / alpha 8, lr 1e-3."""
-    base: dict[str, Any] = dict(
-        run_dir=run_dir,
-        cache=cache,
-        mode="lora",
-        steps=4,
-        lora_rank=RANK,
-        lora_alpha=ALPHA,
-        checkpoint_every=0,
-        progress=False,
-        tensorboard=False,
-        export_lora_diffusers=False,
-        export_lora_comfyui=False,
-        export_full=False,
-        pin_memory=False,
-        optim=OptimSettings(lr=1e-3),
+def config(run_dir: Path, cache: Path, **sections: dict[str, Any]) -> RunConfig:
+    """A quiet, fast run config: 4 LoRA steps (rank 4, alpha 8) at lr 1e-3, no intermediate checkpoints, no
+    progress bar, TensorBoard or exports. `sections` set keys per section, e.g. `train={"steps": 3}`."""
+    base = RunConfig(
+        run=RunSection(output=str(run_dir)),
+        data=DataSection(cache=str(cache), pin_memory=False),
+        train=TrainSection(mode="lora", steps=4),
+        lora=LoraSection(rank=RANK, alpha=ALPHA),
+        optimizer=OptimizerSection(lr=1e-3),
+        checkpoint=CheckpointSection(every=0),
+        log=LogSection(progress=False, tensorboard=False),
+        export=ExportSection(lora_diffusers=False, lora_comfyui=False, full=False),
     )
-    return TrainSettings(**{**base, **overrides})
+    return attrs.evolve(base, **{name: attrs.evolve(getattr(base, name), **keys) for name, keys in sections.items()})
 
 
 def ltxc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -192,11 +203,14 @@ def sample_inputs(cache: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     ("mode", "batch_size", "grad_accum"), [("lora", 1, 1), ("full", 2, 2)], ids=["lora", "full-b2-accum2"]
 )
 def test_resume_is_exact(plan: Plan, cache: Path, tmp_path: Path, mode: str, batch_size: int, grad_accum: int) -> None:
-    common = dict(mode=mode, steps=12, checkpoint_every=4, keep=0, batch_size=batch_size, grad_accum=grad_accum)
-
-    def run(run_dir: Path, **more: Any) -> TrainResult:
+    def run(run_dir: Path, resume: str = "auto", stop_after: int | None = None) -> TrainResult:
         torch.manual_seed(0)  # the same process RNG state for each run: this test is about resume (see below)
-        return train(plan, settings(run_dir, cache, **common, **more))
+        sections = {
+            "train": {"mode": mode, "steps": 12, "grad_accum": grad_accum},
+            "data": {"batch_size": batch_size},
+            "checkpoint": {"every": 4, "keep": 0, "resume": resume},
+        }
+        return train(plan, config(run_dir, cache, **sections), stop_after=stop_after)
 
     straight_dir, split_dir, other_dir = tmp_path / "straight", tmp_path / "split", tmp_path / "other"
     straight = run(straight_dir)
@@ -239,11 +253,11 @@ def test_a_run_is_a_function_of_its_seed(plan: Plan, cache: Path, tmp_path: Path
     # The LoRA's random init (A) must come from run.seed, not from whatever the process's global RNG holds
     # (a notebook, a previous run, preprocessing in the same process). B = 0 hides A at step 1, not after.
     torch.manual_seed(1)
-    first = train(plan, settings(tmp_path / "a", cache, steps=3))
+    first = train(plan, config(tmp_path / "a", cache, train={"steps": 3}))
     torch.manual_seed(2)
-    again = train(plan, settings(tmp_path / "b", cache, steps=3))
+    again = train(plan, config(tmp_path / "b", cache, train={"steps": 3}))
     assert again.losses == first.losses
-    other = train(plan, settings(tmp_path / "c", cache, steps=3, seed=1))
+    other = train(plan, config(tmp_path / "c", cache, train={"steps": 3}, run={"seed": 1}))
     assert other.losses != first.losses
 
 
@@ -305,7 +319,7 @@ def test_loop_conditions_on_null_exactly_when_dropped(
         return original(self, transformer, latents, sigma, text, *a, **k)
 
     monkeypatch.setattr(Adapter, "predict", spy)
-    train(plan, settings(tmp_path / "run", cache, steps=3, batch_size=2, cfg_dropout=probability))
+    train(plan, config(tmp_path / "run", cache, train={"steps": 3, "cfg_dropout": probability}, data={"batch_size": 2}))
     rows = [(e[i], m[i]) for e, m in seen for i in range(e.shape[0])]
     assert len(rows) == 6
     for embeds, mask in rows:
@@ -323,7 +337,7 @@ def test_cache_from_another_spec_is_refused(diverging: tuple[Plan, Path, Path], 
     tiny_hash = json.loads((cache / "cache.json").read_text())["spec"]["hash"]
     assert tiny_hash != child.hash
     with pytest.raises(UserError) as caught:
-        train(child, settings(tmp_path / "run", cache))
+        train(child, config(tmp_path / "run", cache))
     message = str(caught.value)
     assert "another spec" in message and "preprocess again" in message
     assert str(cache) in message and tiny_hash[:12] in message and child.hash[:12] in message
@@ -333,7 +347,7 @@ def test_cache_from_another_spec_is_refused(diverging: tuple[Plan, Path, Path], 
 def test_nonfinite_loss_stops_at_once(diverging: tuple[Plan, Path, Path], tmp_path: Path) -> None:
     child, _, child_cache = diverging
     with pytest.raises(TrainingDiverged) as caught:
-        train(child, settings(tmp_path / "run", child_cache, steps=5, checkpoint_every=1))
+        train(child, config(tmp_path / "run", child_cache, train={"steps": 5}, checkpoint={"every": 1}))
     assert isinstance(caught.value, UserError)  # exit 2 from the CLI, no traceback
     message = str(caught.value)
     assert "at step 1" in message and "no checkpoint" in message and "inf" in message
@@ -344,11 +358,12 @@ def test_nonfinite_loss_names_the_last_good_checkpoint(
     plan: Plan, cache: Path, diverging: tuple[Plan, Path, Path], tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    good = train(plan, settings(run, cache, steps=10, stop_after=3))  # 3 good steps, checkpointed
+    good = train(plan, config(run, cache, train={"steps": 10}), stop_after=3)  # 3 good steps, checkpointed
     assert good.checkpoint == run / "checkpoints" / "step-00000003"
     child, _, child_cache = diverging
     with pytest.raises(TrainingDiverged) as caught:
-        train(child, settings(run, child_cache, steps=10, checkpoint_every=1))  # resumes at 3, step 4 is inf
+        # resumes at 3, step 4 is inf
+        train(child, config(run, child_cache, train={"steps": 10}, checkpoint={"every": 1}))
     message = str(caught.value)
     assert "at step 4" in message and str(good.checkpoint) in message
     assert latest_checkpoint(run) == good.checkpoint
@@ -359,7 +374,7 @@ def test_nonfinite_loss_names_the_last_good_checkpoint(
     # resumed from an explicit checkpoint into a new run directory: that checkpoint is the last good one
     elsewhere = tmp_path / "elsewhere"
     with pytest.raises(TrainingDiverged) as caught:
-        train(child, settings(elsewhere, child_cache, steps=10, resume=str(good.checkpoint)))
+        train(child, config(elsewhere, child_cache, train={"steps": 10}, checkpoint={"resume": str(good.checkpoint)}))
     assert "at step 4" in str(caught.value) and str(good.checkpoint) in str(caught.value)
 
 
@@ -390,8 +405,8 @@ def test_only_the_transformer_is_built(
         return original(self)
 
     monkeypatch.setattr(ComponentRecipe, "build", spy)
-    exports = dict(export_lora_diffusers=True, export_lora_comfyui=True, export_full=True)
-    result = train(plan, settings(tmp_path / "run", cache, mode=mode, steps=2, **exports))
+    exports = {"lora_diffusers": True, "lora_comfyui": True, "full": True}
+    result = train(plan, config(tmp_path / "run", cache, train={"mode": mode, "steps": 2}, export=exports))
     assert result.exports  # the exports ran too, and needed nothing else either
     assert built == [plan.spec.transformer.component]
 
@@ -403,7 +418,8 @@ def test_lora_export_loads_into_a_fresh_pipeline_like_the_trained_model(
     plan: Plan, cache: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    result = train(plan, settings(run, cache, steps=20, export_lora_diffusers=True, export_lora_comfyui=True))
+    exports = {"lora_diffusers": True, "lora_comfyui": True}
+    result = train(plan, config(run, cache, train={"steps": 20}, export=exports))
     assert set(result.exports) == {"lora_diffusers", "lora_comfyui"}
     assert Path(result.exports["lora_diffusers"]) == run / "export" / "lora" / "pytorch_lora_weights.safetensors"
     xt, sigma, embeds, mask, fps = sample_inputs(cache)
@@ -434,7 +450,7 @@ def test_lora_export_loads_into_a_fresh_pipeline_like_the_trained_model(
 
 def test_full_export_loads_with_from_pretrained(plan: Plan, cache: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    result = train(plan, settings(run, cache, mode="full", steps=5, export_full=True))
+    result = train(plan, config(run, cache, train={"mode": "full", "steps": 5}, export={"full": True}))
     assert Path(result.exports["transformer"]) == run / "export" / "transformer"
     loaded = LTXVideoTransformer3DModel.from_pretrained(run / "export" / "transformer")
     exported = loaded.state_dict()
@@ -454,7 +470,7 @@ def test_full_export_loads_with_from_pretrained(plan: Plan, cache: Path, tmp_pat
 def test_training_lowers_the_loss(plan: Plan, cache: Path, tmp_path: Path, mode: str, steps: int) -> None:
     # σ is drawn per step, so single losses are noisy; means of 10 measured 0.71-0.78 (full, 100 steps) and
     # 0.75-0.79 (LoRA, 200 steps) over seeds 0-5: 0.85 leaves a margin, and a model that doesn't learn is ~1.
-    result = train(plan, settings(tmp_path / "run", cache, mode=mode, steps=steps))
+    result = train(plan, config(tmp_path / "run", cache, train={"mode": mode, "steps": steps}))
     losses = result.losses
     assert len(losses) == steps and all(math.isfinite(x) for x in losses)
     first, last = statistics.mean(losses[:10]), statistics.mean(losses[-10:])
@@ -468,7 +484,7 @@ def test_metrics_tensorboard_and_loss_curve(plan: Plan, cache: Path, tmp_path: P
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    result = train(plan, settings(run, cache, steps=6, tensorboard=True))
+    result = train(plan, config(run, cache, train={"steps": 6}, log={"tensorboard": True}))
     records = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert tuple(r["loss"] for r in records) == result.losses
@@ -506,7 +522,7 @@ def test_samples_per_second_over_a_partial_logging_interval(
         return original(*args, **kwargs)
 
     monkeypatch.setattr(Adapter, "predict", slow)
-    train(plan, settings(tmp_path / "run", cache, steps=6, log_every=4))
+    train(plan, config(tmp_path / "run", cache, train={"steps": 6}, log={"every": 4}))
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in records] == [4, 6]
     ratio = records[1]["samples_per_s"] / records[0]["samples_per_s"]
@@ -535,11 +551,10 @@ def test_cli_embedded_default_prints_where_things_are(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_embedded_default_learns(tmp_path: Path) -> None:
-    """`ltxc run train` exactly as the README's first command: the tiny model visibly learns."""
-    began = time.monotonic()
-    done = ltxc("run", "train", "--set", "log.progress=false", cwd=tmp_path)
-    seconds = time.monotonic() - began
+def test_cli_embedded_default_learns(embedded_default_run: CommandRun) -> None:
+    """`ltxc run train` exactly as the README's first command: the tiny model visibly learns (the run is shared with
+    test_demo.py, which generates from it)."""
+    tmp_path, done, seconds = embedded_default_run.cwd, embedded_default_run.done, embedded_default_run.seconds
     assert done.returncode == 0, done.stderr
     losses = [r["loss"] for r in read_metrics(tmp_path / "runs" / "default" / "metrics.jsonl")]
     assert len(losses) == 400
@@ -552,44 +567,45 @@ def test_cli_embedded_default_learns(tmp_path: Path) -> None:
 
 
 def test_lr_factor_hand_values() -> None:
-    constant = OptimSettings(schedule="constant", warmup=4)
+    constant = ScheduleSection(kind="constant", warmup=4)
     assert [lr_factor(s, 10, constant) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert [lr_factor(s, 10, OptimSettings()) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(s, 10, ScheduleSection()) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
 
-    cosine = OptimSettings(schedule="cosine", warmup=2)  # 8 steps of decay after 2 of warmup
+    cosine = ScheduleSection(kind="cosine", warmup=2)  # 8 steps of decay after 2 of warmup
     got = [lr_factor(s, 10, cosine) for s in range(11)]
     want = [0.5, 1.0] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(9)]
     assert got == pytest.approx(want, abs=1e-12)
     assert got[6] == pytest.approx(0.5) and got[10] == pytest.approx(0.0)
 
-    linear = OptimSettings(schedule="linear", warmup=2, min_lr_ratio=0.1)
+    linear = ScheduleSection(kind="linear", warmup=2, min_lr_ratio=0.1)
     got = [lr_factor(s, 10, linear) for s in range(11)]
     want = [0.5, 1.0, 1.0, 0.8875, 0.775, 0.6625, 0.55, 0.4375, 0.325, 0.2125, 0.1]
     assert got == pytest.approx(want, abs=1e-12)
     assert lr_factor(50, 10, linear) == pytest.approx(0.1)  # never below the floor
 
-    floor = OptimSettings(schedule="cosine", min_lr_ratio=0.2)
+    floor = ScheduleSection(kind="cosine", min_lr_ratio=0.2)
     assert [lr_factor(s, 4, floor) for s in (0, 2, 4)] == pytest.approx([1.0, 0.6, 0.2])
 
 
-def test_scheduler_follows_lr_factor() -> None:
-    schedule = OptimSettings(lr=2e-3, schedule="cosine", warmup=3)
-    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=schedule.lr)
-    scheduler = make_scheduler(optimizer, 12, schedule)
+def test_lr_schedule_follows_lr_factor() -> None:
+    schedule = ScheduleSection(kind="cosine", warmup=3)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=2e-3)
+    lr_schedule = make_lr_schedule(optimizer, 12, schedule)
     for step in range(12):
         assert optimizer.param_groups[0]["lr"] == pytest.approx(2e-3 * lr_factor(step, 12, schedule), abs=1e-15)
         optimizer.step()
-        scheduler.step()
+        lr_schedule.step()
 
 
 def test_each_step_uses_and_logs_its_scheduled_lr(plan: Plan, cache: Path, tmp_path: Path) -> None:
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    schedule = OptimSettings(lr=1e-3, schedule="linear", warmup=3, min_lr_ratio=0.1)
+    schedule = ScheduleSection(kind="linear", warmup=3, min_lr_ratio=0.1)
     used: list[float] = []
     handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
     try:
-        result: TrainResult = train(plan, settings(tmp_path / "run", cache, steps=8, optim=schedule))
+        run_config = config(tmp_path / "run", cache, train={"steps": 8}, schedule=attrs.asdict(schedule))
+        result: TrainResult = train(plan, run_config)
     finally:
         handle.remove()
     assert len(result.losses) == 8
@@ -601,10 +617,40 @@ def test_each_step_uses_and_logs_its_scheduled_lr(plan: Plan, cache: Path, tmp_p
 def test_resuming_a_checkpoint_of_the_other_mode_is_refused(plan: Plan, cache: Path, tmp_path: Path) -> None:
     """A full run's checkpoint is not continued as LoRA (nor the reverse): one clear line, nothing lost."""
     run = tmp_path / "run"
-    first = train(plan, settings(run, cache, steps=2, mode="full"))
+    first = train(plan, config(run, cache, train={"steps": 2, "mode": "full"}))
     with pytest.raises(UserError) as caught:
-        train(plan, settings(run, cache, steps=4, mode="lora"))
+        train(plan, config(run, cache, train={"steps": 2, "mode": "lora"}))
     message = str(caught.value)
     assert "full checkpoint" in message and "trains lora" in message and "--resume never" in message
     assert first.checkpoint is not None and first.checkpoint.exists()  # the earlier run's state is untouched
     assert json.loads((first.checkpoint / "meta.json").read_text())["spec_hash"] == plan.hash
+
+
+@pytest.fixture(scope="module")
+def stopped(plan: Plan, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint of a 4-step LoRA run (seed 0, global batch 1) stopped after 2 steps."""
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    return train(plan, config(run, cache), stop_after=2).checkpoint
+
+
+@pytest.mark.parametrize(
+    ("sections", "words"),
+    [
+        ({"train": {"steps": 8}}, ["LR schedule of 4 steps", "train.steps = 8", "--set train.steps=4"]),
+        ({"train": {"steps": None, "epochs": 3}}, ["LR schedule of 4 steps", "train.epochs = 3, 12 steps"]),
+        ({"run": {"seed": 3}}, ["run.seed 0", "this run has 3", "--set run.seed=0"]),
+        ({"data": {"batch_size": 2}}, ["global batch of 1", "this run has 2", "--set data.batch_size=1"]),
+    ],
+    ids=["steps", "epochs", "seed", "global-batch"],
+)
+def test_a_resume_that_would_not_continue_the_run_is_refused(
+    plan: Plan, cache: Path, stopped: Path, tmp_path: Path, sections: dict[str, dict[str, Any]], words: list[str]
+) -> None:
+    """Another LR schedule length, seed or global batch would not continue the recorded run: one line that says
+    which --set continues it, or --resume never; nothing is written."""
+    with pytest.raises(UserError) as caught:
+        train(plan, config(tmp_path / "run", cache, checkpoint={"resume": str(stopped)}, **sections))
+    message = str(caught.value)
+    assert message.startswith(str(stopped)) and "\n" not in message and "--resume never" in message
+    assert [word for word in words if word not in message] == [], message
+    assert not (tmp_path / "run").exists()

@@ -8,8 +8,9 @@
   global batch, or the same one split otherwise (grad_accum), is refused rather than continued wrongly.
 - HSDP (`parallel.replicate = 2`) trains, checkpoints, and matches the plain 2-rank run.
 
-Every run is a subprocess (`python -m torch.distributed.run --standalone --nproc-per-node 2 -m ltxc run
-train ...`, or plain `python -m ltxc run train ...` for one process) on one shared cache of the tiny spec;
+Every 2-rank run is a subprocess (`python -m torch.distributed.run --standalone --nproc-per-node 2 -m ltxc run
+train ...`); a 1-process run is the same `ltxc run train ...` in-process (no cold interpreter; its 1-rank group
+and RANK/MASTER_* are undone afterwards); all on one shared cache of the tiny spec;
 runs that several tests compare against are made once per module. One to two and a half minutes on 2 cores:
 
     pytest -q -m slow tests/test_train_distributed.py
@@ -17,6 +18,8 @@ runs that several tests compare against are made once per module. One to two and
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -29,8 +32,9 @@ from pathlib import Path
 
 import pytest
 from attrs import frozen
-from conftest import TINY_LTX
+from conftest import TINY_LTX, isolated_process_group
 
+from ltxc.cli import main
 from ltxc.compiler import compile_spec
 from ltxc.media.synthetic import make_sample_dataset
 from ltxc.preprocess.run import preprocess
@@ -132,19 +136,24 @@ def train(
 ) -> Run:
     """Run `ltxc run train` in `root` (so no .ltxc/plan.json is picked up by accident)."""
     run_dir = root / name
-    launcher = [sys.executable, "-m", "ltxc"]
-    if ranks > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
-                    "-m", "ltxc"]  # fmt: skip
     items = (*COMMON, f"data.cache={cache}", f"run.output={run_dir}", f"data.batch_size={batch}", f"train.mode={mode}",
              *sets)  # fmt: skip
-    command = [*launcher, "run", "train", "--plan", str(plan_path)]
+    args = ["run", "train", "--plan", str(plan_path)]
     for item in items:
-        command += ["--set", item]
+        args += ["--set", item]
     if stop_after is not None:
-        command += ["--stop-after", str(stop_after)]
+        args += ["--stop-after", str(stop_after)]
     if resume is not None:
-        command += ["--resume", str(resume)]
+        args += ["--resume", str(resume)]
+    if ranks == 1:  # one process: the same command in this one
+        out, err = io.StringIO(), io.StringIO()
+        with isolated_process_group(), pytest.MonkeyPatch.context() as patch:
+            patch.chdir(root)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(args)
+        return Run(run_dir, code, err.getvalue(), out.getvalue())
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), "-m"]
+    command = [*launcher, "ltxc", *args]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     return Run(run_dir, done.returncode, done.stderr, done.stdout)

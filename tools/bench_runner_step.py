@@ -27,7 +27,6 @@ Run (takes a few minutes on a 2-core CPU):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -48,8 +47,18 @@ from ltxc.media.synthetic import make_sample_dataset
 from ltxc.plan import Plan
 from ltxc.preprocess.run import preprocess
 from ltxc.preprocess.settings import build_settings
+from ltxc.runner.config import (
+    CheckpointSection,
+    DataSection,
+    ExportSection,
+    LogSection,
+    OptimizerSection,
+    RunConfig,
+    RunSection,
+    TrainSection,
+)
 from ltxc.runner.metrics import MetricsLogger
-from ltxc.runner.optim import OptimSettings
+from ltxc.runner.seeds import derived_seed
 from ltxc.spec import load_spec
 
 TINY = Path(__file__).resolve().parents[1] / "specs" / "tiny" / "ltx.toml"
@@ -91,12 +100,6 @@ def make_cache(plan: Plan, root: Path, clips: int, resolution: str, frames: int)
 
 
 # -- the bare loop -----------------------------------------------------------------------------------
-
-
-def sample_seed(*parts: int) -> int:
-    """The runner's per-sample seed, so both paths draw the same σ and noise."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def cached_batches(cache: Path, batch: int, count: int) -> tuple[list[dict[str, Any]], float]:
@@ -148,7 +151,7 @@ class BareLoop:
 
     def __init__(self, plan: Plan, batches: list[dict[str, Any]], fps: float) -> None:
         self.plan, self.batches, self.fps = plan, batches, fps
-        self.model = plan.components()[plan.spec.transformer.component]  # the same seeded init, float32
+        self.model = plan.components()[plan.transformer_role]  # the same seeded init, float32
         self.model.requires_grad_(True).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
                                            weight_decay=0.0)  # fmt: skip
@@ -159,8 +162,9 @@ class BareLoop:
         batch = self.batches[step]
         x0 = batch["latents"].float()
         b, _, f, h, w = x0.shape
-        gens = [torch.Generator().manual_seed(sample_seed(SEED, step, 0, i)) for i in range(b)]
-        sigma = torch.cat([sample_sigmas(self.plan.spec.flow, 1, f * h * w, g) for g in gens])
+        # the runner's per-sample seeds, so both paths draw the same σ and noise
+        gens = [torch.Generator().manual_seed(derived_seed(SEED, step, 0, i)) for i in range(b)]
+        sigma = torch.cat([sample_sigmas(self.plan.flow, 1, f * h * w, g) for g in gens])
         noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens])
         s = sigma.view(-1, 1, 1, 1, 1)
         self.optimizer.zero_grad(set_to_none=True)
@@ -211,28 +215,20 @@ def round_of(plan: Plan, cache: Path, batches: list[dict[str, Any]], fps: float,
     cls.bare = BareLoop(plan, batches, fps)
     cls.runner_times, cls.bare_times, cls.runner_losses = [], [], []
     cls.resumed_at = time.perf_counter()  # step 1 also carries startup: it is a warmup step
-    settings = runner.TrainSettings(
-        run_dir=run_dir,
-        cache=cache,
-        mode="full",
-        steps=args.warmup + args.steps,
-        batch_size=args.batch,
-        grad_clip=1.0,
-        cfg_dropout=0.0,
-        seed=SEED,
-        activation_checkpointing="off",
-        optim=OptimSettings(lr=LR),
-        checkpoint_every=0,  # only the final checkpoint, after the last step
-        keep=1,
-        resume="never",
-        progress=False,
-        export_full=False,
-        export_lora_diffusers=False,
-        export_lora_comfyui=False,
+    config = RunConfig(
+        run=RunSection(output=str(run_dir), seed=SEED),
+        data=DataSection(cache=str(cache), batch_size=args.batch),
+        train=TrainSection(
+            mode="full", steps=args.warmup + args.steps, grad_clip=1.0, cfg_dropout=0.0, activation_checkpointing="off"
+        ),
+        optimizer=OptimizerSection(lr=LR),
+        checkpoint=CheckpointSection(every=0, keep=1, resume="never"),  # only the final checkpoint
+        log=LogSection(progress=False),
+        export=ExportSection(lora_diffusers=False, lora_comfyui=False, full=False),
     )
     runner.MetricsLogger = InterleavingLogger  # type: ignore[misc]  # the loop looks the class up at call time
     try:
-        runner.train(plan, settings)
+        runner.train(plan, config)
     finally:
         runner.MetricsLogger = MetricsLogger  # type: ignore[misc]
     w = args.warmup
@@ -269,7 +265,7 @@ def main() -> None:
         batches, fps = cached_batches(cache, args.batch, args.warmup + args.steps)
         check_kwargs(plan, batches, fps)
         x0 = batches[0]["latents"]
-        params = sum(p.numel() for p in plan.components()[plan.spec.transformer.component].parameters())
+        params = sum(p.numel() for p in plan.components()[plan.transformer_role].parameters())
         print(f"transformer {params / 1e6:.1f}M parameters; batch {args.batch} x {tuple(x0.shape[1:])} latents "
               f"= {x0[0, 0].numel()} tokens; {torch.get_num_threads()} threads", file=sys.stderr)  # fmt: skip
 

@@ -1,9 +1,13 @@
-"""The human-readable summary `ltxc compile` prints."""
+"""`ltxc compile`: compile a loaded spec, print the human-readable summary, write plan.json."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+from ltxc.compiler import compile_spec
+from ltxc.document import Loaded
+from ltxc.errors import UserError
 from ltxc.geometry import ShapeError
 from ltxc.plan import Plan
 from ltxc.spec import types as spec_types
@@ -11,6 +15,18 @@ from ltxc.spec import types as spec_types
 # (width, height, frames) shown by default: common video training sizes.
 DEFAULT_SIZES: tuple[tuple[int, int, int], ...] = ((768, 512, 121), (1216, 704, 121))
 FRAME_LIST_LIMIT = 257
+
+
+def run_compile(loaded: Loaded, *, sizes: Sequence[tuple[int, int, int]] | None, out: Path) -> int:
+    """The whole command on a spec the CLI loaded before importing torch; returns the exit code."""
+    plan = compile_spec(loaded)
+    print(summarise(plan, sizes or DEFAULT_SIZES))
+    try:
+        path = plan.save(out)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the plan there ({exc}); pass --out DIR") from None
+    print(f"plan       {path}")
+    return 0
 
 
 def summarise(plan: Plan, sizes: Iterable[tuple[int, int, int]] = DEFAULT_SIZES) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,30 +11,54 @@ import torch
 
 from ltxc.errors import UserError
 from ltxc.plan import Plan
+from ltxc.runner.run_dir import (
+    DIFFUSERS_LORA,
+    META,
+    RunRecord,
+    is_training_checkpoint,
+    lora_file,
+    read_record,
+    run_dir_of_checkpoint,
+    transformer_dir,
+)
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
+
+def checkpoint_record(checkpoint: Path | None) -> RunRecord | None:
+    """The run record of a training checkpoint's run, read once; None for no checkpoint, an export, or no run.json."""
+    if checkpoint is None or not is_training_checkpoint(checkpoint):
+        return None
+    run = run_dir_of_checkpoint(checkpoint)
+    return read_record(run) if run.record.exists() else None
 
 
 def load_transformer(
-    plan: Plan, components: Mapping[str, Any], checkpoint: Path | None, lora_scale: float = 1.0
+    plan: Plan,
+    components: Mapping[str, Any],
+    checkpoint: Path | None,
+    lora_scale: float = 1.0,
+    record: RunRecord | None = None,
 ) -> torch.nn.Module:
-    """The transformer to sample with: the spec's, or with a checkpoint's / an export's weights applied."""
-    role = plan.spec.transformer.component
+    """The transformer to sample with: the spec's, or with a checkpoint's / an export's weights applied.
+
+    `record` is the training checkpoint's run record when the caller has read it already.
+    """
+    role = plan.transformer_role
     transformer = components[role]
     if checkpoint is None:
         return transformer
-    if (checkpoint / "meta.json").exists():
-        transformer = _from_training_checkpoint(plan, transformer, checkpoint)
-    elif (lora := _lora_file(checkpoint)) is not None:
+    if is_training_checkpoint(checkpoint):
+        record = record or checkpoint_record(checkpoint)
+        transformer = _from_training_checkpoint(plan, transformer, checkpoint, record)
+    elif (lora := lora_file(checkpoint)) is not None:
         transformer.load_lora_adapter(str(lora.parent), weight_name=lora.name, prefix="transformer",
                                       adapter_name="default")  # fmt: skip
-    elif (full := _full_dir(checkpoint)) is not None:
+    elif (full := transformer_dir(checkpoint)) is not None:
         transformer = plan.recipes[role].cls.from_pretrained(
             str(full), torch_dtype=next(transformer.parameters()).dtype
         )
     else:
         raise UserError(
-            f"--checkpoint {checkpoint}: neither a training checkpoint (meta.json), a LoRA export ({LORA_FILE}) "
+            f"--checkpoint {checkpoint}: neither a training checkpoint ({META}), a LoRA export ({DIFFUSERS_LORA}) "
             "nor a transformer directory (config.json)"
         )
     if lora_scale != 1.0:
@@ -45,54 +68,34 @@ def load_transformer(
     return transformer.eval()
 
 
-def _lora_file(directory: Path) -> Path | None:
-    for candidate in (directory / LORA_FILE, directory / "lora" / LORA_FILE, directory / "export" / "lora" / LORA_FILE):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _full_dir(directory: Path) -> Path | None:
-    for candidate in (directory, directory / "transformer", directory / "export" / "transformer"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    return None
-
-
-def _from_training_checkpoint(plan: Plan, transformer: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:
+def _from_training_checkpoint(
+    plan: Plan, transformer: torch.nn.Module, checkpoint: Path, record: RunRecord | None
+) -> torch.nn.Module:
     from ltxc.runner.checkpoint import load_weights
-    from ltxc.runner.lora import add_lora, lora_config
+    from ltxc.runner.lora import add_lora, run_lora_config
 
-    run_dir = checkpoint.parent.parent
-    record_path = run_dir / "run.json"
-    if not record_path.exists():
-        raise UserError(f"--checkpoint {checkpoint}: no run.json in {run_dir} to say how it was trained")
-    record = json.loads(record_path.read_text())
-    if record["plan"]["hash"] != plan.hash:
-        raise UserError(f"--checkpoint {checkpoint} was trained with another spec; pass --plan {record_path} "
+    run = run_dir_of_checkpoint(checkpoint)
+    if record is None:
+        raise UserError(f"--checkpoint {checkpoint}: no {run.record.name} in {run.root} to say how it was trained")
+    if record.plan_hash != plan.hash:
+        raise UserError(f"--checkpoint {checkpoint} was trained with another spec; pass --plan {run.record} "
                         "or omit --plan (the run's own plan is used)")  # fmt: skip
-    config = record["config"]
-    lora = config.get("train", {}).get("mode", "lora") == "lora"
+    lora = record.config.train.mode == "lora"
     if lora:
-        spec_lora = plan.spec.lora
-        section = config.get("lora", {})
-        add_lora(transformer, lora_config(section.get("targets") or spec_lora.targets,
-                                          section.get("rank") or spec_lora.rank,
-                                          section.get("alpha") or spec_lora.alpha,
-                                          exclude=plan.spec.parallel.frozen))  # fmt: skip
+        add_lora(transformer, run_lora_config(record.config, plan))
     load_weights(checkpoint, transformer, trainable_only=lora)
     return transformer
 
 
-def plan_for(checkpoint: Path | None, plan_path: Path | None) -> Plan:
+def plan_for(checkpoint: Path | None, plan_path: Path | None, record: RunRecord | None = None) -> Plan:
     """A training checkpoint carries its run's plan; otherwise --plan / .ltxc/plan.json / the embedded default."""
     from ltxc.commands.plans import resolve_plan
     from ltxc.compiler import plan_from_json
 
-    if plan_path is None and checkpoint is not None and (checkpoint / "meta.json").exists():
-        record = checkpoint.parent.parent / "run.json"
-        if record.exists():
-            return plan_from_json(json.loads(record.read_text())["plan"], str(record))
+    if plan_path is None and checkpoint is not None:
+        record = record or checkpoint_record(checkpoint)
+        if record is not None:
+            return plan_from_json(record.plan, str(run_dir_of_checkpoint(checkpoint).record))
     return resolve_plan(plan_path)
 
 
@@ -144,9 +147,18 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
 
 
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a `--prompts` file: one per non-blank line."""
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--prompts {path}: cannot read ({exc})") from None
+
+
 def run_generate(
     *,
     prompts: Sequence[str],
+    prompts_file: Path | None = None,
     negative_prompt: str | None,
     frames: int | None,
     height: int | None,
@@ -162,10 +174,12 @@ def run_generate(
     device: str | None,
     compare_cache: Path | None = None,
 ) -> int:
-    """The whole command; returns the exit code."""
+    """The whole command; returns the exit code. `prompts_file` adds its prompts after `prompts`."""
     from ltxc.media.write import SUFFIXES, write_frames
     from ltxc.sampler import Sampler
 
+    if prompts_file is not None:
+        prompts = [*prompts, *read_prompts(prompts_file)]
     if not prompts:
         raise UserError("give at least one --prompt (or --prompts FILE)")
     if output.suffix.lower() not in SUFFIXES:
@@ -173,9 +187,10 @@ def run_generate(
     if checkpoint is not None and not checkpoint.exists():
         raise UserError(f"--checkpoint {checkpoint} does not exist")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    plan = plan_for(checkpoint, plan_path)
+    record = checkpoint_record(checkpoint)  # run.json, read once: it gives the plan and how the weights were trained
+    plan = plan_for(checkpoint, plan_path, record)
     components = plan.components()
-    transformer = load_transformer(plan, components, checkpoint, lora_scale).to(device)
+    transformer = load_transformer(plan, components, checkpoint, lora_scale, record).to(device)
     sampler = Sampler(plan, components, device=device, transformer=transformer)
     for prompt, path in zip(prompts, output_paths(output, len(prompts)), strict=True):
         result = sampler([prompt], negative_prompt=negative_prompt, frames=frames, height=height, width=width,

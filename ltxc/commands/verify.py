@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from attrs import frozen
 
+from ltxc.compiler import compile_spec
 from ltxc.components import resolve_class
+from ltxc.document import Loaded
 from ltxc.errors import UserError
 from ltxc.normalise import MeanStd
 from ltxc.plan import Plan
@@ -81,12 +83,12 @@ def verify(
     device: str | torch.device = "cpu",
 ) -> Report:
     """Run ltxc's sampler and the spec's reference pipeline on the same components; compare them."""
-    spec, s = plan.spec, plan.spec.sampler
-    if not spec.model.reference:
+    s = plan.sampler
+    if not plan.reference:
         raise UserError(f'spec {plan.name!r} names no reference pipeline: add [model] reference = "diffusers:Class"')
     from diffusers import DiffusionPipeline
 
-    pipeline_class = resolve_class(spec.model.reference, DiffusionPipeline)
+    pipeline_class = resolve_class(plan.reference, DiffusionPipeline)
     components = plan.components()
     pipeline = build_reference(pipeline_class, components).to(device)
     pipeline.set_progress_bar_config(disable=True)
@@ -121,7 +123,7 @@ def verify(
     ]
     size = f"{ours.frames}x{ours.height}x{ours.width}"
     title = (
-        f"verify {plan.name} against {spec.model.reference}: {size} (frames x height x width), {steps} steps, "
+        f"verify {plan.name} against {plan.reference}: {size} (frames x height x width), {steps} steps, "
         f"guidance {guidance:g}, seed {seed}, {torch.device(device)}"
     )
     return Report(title, tuple(checks), tuple(notes), tolerance)
@@ -156,7 +158,7 @@ def reference_call(
     guidance: float,
 ) -> tuple[dict[str, Any], list[str]]:
     """The pipeline's call arguments for the same run, matched to its signature by name; notes on what it lacks."""
-    s = plan.spec.sampler
+    s = plan.sampler
     fps = int(s.fps) if float(s.fps).is_integer() else s.fps
     wanted: dict[str, Any] = {
         "prompt": [prompt],
@@ -172,7 +174,7 @@ def reference_call(
         "generator": None,  # a fresh one per run, see _run_reference
         "decode_timestep": s.decode_timestep,
         "decode_noise_scale": s.decode_noise_scale,
-        "max_sequence_length": s.max_sequence_length or plan.spec.text.max_length,
+        "max_sequence_length": s.max_sequence_length or plan.text.max_length,
     }
     # the spec's own mapping for settings the reference takes under other names (a stream's guidance, ...)
     names = {"guidance": guidance, "guidance_rescale": s.guidance_rescale, "steps": steps, "fps": fps}
@@ -299,3 +301,33 @@ def _parameters(function: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     params = inspect.signature(function).parameters
     skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return {name: p for name, p in params.items() if name != "self" and p.kind not in skip}
+
+
+def run_verify(
+    loaded: Loaded,
+    *,
+    prompt: str | None,
+    frames: int | None,
+    height: int | None,
+    width: int | None,
+    steps: int | None,
+    guidance: float | None,
+    seed: int,
+    tolerance: float,
+    device: str | None,
+) -> int:
+    """The whole `ltxc verify` on a spec the CLI loaded before importing torch; 0 only within the tolerance."""
+    report = verify(
+        compile_spec(loaded),
+        prompt=prompt or DEFAULT_PROMPT,
+        frames=frames,
+        height=height,
+        width=width,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        tolerance=tolerance,
+        device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    )
+    print(report.format())
+    return 0 if report.ok else 1

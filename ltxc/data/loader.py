@@ -4,8 +4,9 @@ Two ways to resume, both landing on the exact next batch:
 - `loader.state_dict()` / `loader.load_state_dict(...)`: torchdata's own state. It accounts for batches
   that workers prefetched but the loop never consumed, but only loads into a loader with the same
   `num_workers` (torchdata asserts it).
-- `sampler_state(loader.state_dict())` → a few ints; `restore_sampler(loader, ints)` on a fresh loader.
-  The same position, portable across worker counts and world sizes (what a checkpoint should keep).
+- `restore_sampler(loader, {"epoch": E, "position": P})` on a fresh loader: the batch sampler's position
+  alone, portable across worker counts and world sizes. The runner derives it from the step, so a
+  checkpoint needs to store nothing about the data.
 """
 
 from __future__ import annotations
@@ -21,10 +22,6 @@ from ltxc.data.dataset import CacheDataset, collate
 from ltxc.data.sampler import BucketBatchSampler
 
 PREFETCH_FACTOR = 2  # batches in flight per worker: enough to hide file reads, little memory
-
-# Keys of torchdata 0.11's loader state (stateful_dataloader.py), read by `sampler_state`.
-_SNAPSHOT, _MAIN, _STEPS_SINCE = "_snapshot", "_main_snapshot", "_steps_since_snapshot"
-_SAMPLER = "_index_sampler_state"
 
 
 def make_loader(
@@ -61,21 +58,8 @@ def make_loader(
         )
 
 
-def sampler_state(loader_state: Mapping[str, Any]) -> dict[str, int]:
-    """The batch sampler's position at the last batch the loader yielded, from `loader.state_dict()`."""
-    if _SNAPSHOT in loader_state:  # num_workers > 0
-        if loader_state.get(_STEPS_SINCE, 0):
-            raise ValueError("loader state is not at a snapshot; build the loader with snapshot_every_n_steps=1")
-        state = loader_state[_SNAPSHOT][_MAIN][_SAMPLER]
-    else:
-        state = loader_state.get(_SAMPLER)
-    if not isinstance(state, Mapping):
-        raise ValueError("this loader state holds no batch sampler state (was it made by make_loader?)")
-    return {key: int(value) for key, value in state.items()}
-
-
 def restore_sampler(loader: StatefulDataLoader, state: Mapping[str, Any]) -> None:
-    """Make a fresh loader (no iterator started yet) continue from a `sampler_state` position."""
+    """Make a fresh loader (no iterator started yet) continue from a batch sampler position (epoch, position)."""
     sampler = loader.batch_sampler
     if not isinstance(sampler, BucketBatchSampler):
         raise TypeError("restore_sampler needs a loader made by make_loader")

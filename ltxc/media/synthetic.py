@@ -12,6 +12,7 @@ truncated files; `make_sample_dataset` writes a small captioned folder.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -291,19 +292,7 @@ def make_sample_dataset(
             direction = str(rng.choice(DIRECTIONS))
         drawn = SIZES[int(rng.integers(len(SIZES)))]  # drawn even when `size` is given: the same draws follow
         stored = size or drawn
-
-        def draw(
-            index: int,
-            width: int,
-            height: int,
-            color: str = color,
-            background: str = background,
-            direction: str = direction,
-        ) -> np.ndarray:
-            return pattern(
-                index, width, height, color=COLORS[color], background=BACKGROUNDS[background], direction=direction
-            )
-
+        draw = functools.partial(pattern, color=COLORS[color], background=BACKGROUNDS[background], direction=direction)
         if number < clips:
             fps = int(rng.choice([24, 25, 30]))
             seconds = round(float(rng.uniform(0.5, 3.0)), 1)

@@ -85,7 +85,7 @@ def _process(
         processor.enable_tiling()
     seed = sample_seed(sample.id, settings.seed)
     latents = processor.encode_video(frames, seed=seed)
-    text = processor.encode_text([sample.caption])
+    text = processor.cache_text([sample.caption])
     tensors = {"latents": latents, **{f"text_{name}": tensor[0] for name, tensor in text.items()}}
     file = cache.write_sample(sample.id, tensors, {"id": sample.id, "spec_hash": spec_hash})
     count = len(selection.indices)

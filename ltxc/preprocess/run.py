@@ -95,29 +95,9 @@ def preprocess(
     _barrier(world)
     done = cache.records()
     mine = [s for s in samples[rank::world] if s.id not in done]
-    writer = f"rank{rank}"
     if rank == 0 and not (cache.root / "null.safetensors").exists():
-        previous = torch.get_num_threads()
-        _deterministic_kernels()  # as every caption is encoded: the null must not depend on the thread count
-        try:
-            processor = Processor(plan, plan.components(), device)
-            cache.write_null({name: tensor[0] for name, tensor in processor.null_conditioning().items()})
-        finally:
-            torch.set_num_threads(previous)
-
-    bar = tqdm(total=len(mine), unit="clip", desc="preprocess", disable=not progress or None, file=sys.stderr)
-    cached_now = 0
-    for outcome in _outcomes(plan, mine, settings, cache, workers, device):
-        if outcome.record is not None:
-            cache.append(writer, outcome.record)
-            cached_now += 1
-        else:
-            assert outcome.rejected is not None
-            cache.append_rejected(writer, outcome.rejected)
-        bar.update(1)
-        bar.set_postfix(cached=cached_now, rejected=bar.n - cached_now, refresh=False)
-    bar.close()
-
+        _write_null(plan, cache, device)
+    _cache_samples(plan, mine, settings, cache, f"rank{rank}", workers, device, progress)
     _barrier(world)
     rejected = [{"source": r.source, "reason": r.reason} for r in discovery_rejects]
     if rank == 0:
@@ -136,6 +116,42 @@ def preprocess(
         padded_clips=sum(1 for r in manifest if r.get("padded")),
         seconds=time.monotonic() - began,
     )
+
+
+def _write_null(plan: Plan, cache: Cache, device: str) -> None:
+    """Encode and store the null conditioning (what "no text" is for CFG dropout)."""
+    previous = torch.get_num_threads()
+    _deterministic_kernels()  # as every caption is encoded: the null must not depend on the thread count
+    try:
+        processor = Processor(plan, plan.components(), device)
+        cache.write_null({name: tensor[0] for name, tensor in processor.null_conditioning().items()})
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _cache_samples(
+    plan: Plan,
+    samples: Sequence[Sample],
+    settings: PreprocessSettings,
+    cache: Cache,
+    writer: str,
+    workers: int,
+    device: str,
+    progress: bool,
+) -> None:
+    """Encode this rank's samples, appending each record (or rejection) to its journal as it comes."""
+    bar = tqdm(total=len(samples), unit="clip", desc="preprocess", disable=not progress or None, file=sys.stderr)
+    cached_now = 0
+    for outcome in _outcomes(plan, samples, settings, cache, workers, device):
+        if outcome.record is not None:
+            cache.append(writer, outcome.record)
+            cached_now += 1
+        else:
+            assert outcome.rejected is not None
+            cache.append_rejected(writer, outcome.rejected)
+        bar.update(1)
+        bar.set_postfix(cached=cached_now, rejected=bar.n - cached_now, refresh=False)
+    bar.close()
 
 
 def _outcomes(

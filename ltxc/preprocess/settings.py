@@ -67,7 +67,7 @@ def build_settings(
     seed: int = 0,
 ) -> PreprocessSettings:
     """Settings from command-line choices, defaulting to the spec's generation defaults."""
-    sampler, geometry = plan.spec.sampler, plan.geometry
+    sampler, geometry = plan.sampler, plan.geometry
     fps = float(fps if fps is not None else sampler.fps)
     if fps <= 0:
         raise UserError(f"--fps must be positive, got {fps:g}")

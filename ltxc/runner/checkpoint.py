@@ -1,4 +1,6 @@
-"""Checkpoints with torch.distributed.checkpoint: trainable weights, optimiser, schedule, step, data position.
+"""Checkpoints with torch.distributed.checkpoint: trainable weights and optimiser state (DCP shards), and in
+`meta.json` the step, the LR schedule's state and what the run recorded about itself (see runner/resume.py).
+The data position is not stored: it is a function of the step (runner/data.py).
 
 Written into a temp directory and renamed into place, so a crash never leaves a checkpoint that looks
 complete; `latest` names the newest; only the last K are kept. DCP reshards on load, so a checkpoint saved
@@ -26,10 +28,7 @@ from torch.distributed.checkpoint.state_dict import (
 from ltxc.errors import UserError
 from ltxc.fileio import atomic_write_json, atomic_write_text
 from ltxc.runner.distributed import Distributed, barrier
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-META = "meta.json"
+from ltxc.runner.run_dir import LATEST, META, STEP_PREFIX, RunDir
 
 
 def _options(trainable_only: bool) -> StateDictOptions:
@@ -39,17 +38,12 @@ def _options(trainable_only: bool) -> StateDictOptions:
     return StateDictOptions(ignore_frozen_params=trainable_only, strict=not trainable_only)
 
 
-def checkpoints_dir(run_dir: Path) -> Path:
-    """Where a run's checkpoints live."""
-    return run_dir / CHECKPOINTS
-
-
 def save_checkpoint(
-    run_dir: Path,
+    run: RunDir,
     step: int,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: Any,
+    lr_schedule: Any,
     meta: dict[str, Any],
     *,
     keep: int,
@@ -57,9 +51,9 @@ def save_checkpoint(
     dist_info: Distributed,
 ) -> Path:
     """Save (collectively, every rank calls it) and return the checkpoint directory."""
-    root = checkpoints_dir(run_dir)
-    final = root / f"step-{step:08d}"
-    tmp = root / f".step-{step:08d}.tmp"
+    root = run.checkpoints
+    final = run.checkpoint(step)
+    tmp = root / f".{final.name}.tmp"
     if dist_info.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -73,11 +67,11 @@ def save_checkpoint(
     barrier()
     if dist_info.is_main:
         atomic_write_json(tmp / META, {**meta, "step": step, "world_size": dist_info.world_size,
-                                       "scheduler": scheduler.state_dict()})  # fmt: skip
+                                       "scheduler": lr_schedule.state_dict()})  # fmt: skip
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         atomic_write_text(root / LATEST, final.name + "\n")
-        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
+        for old in sorted(p for p in root.glob(f"{STEP_PREFIX}*") if p.is_dir())[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
@@ -85,18 +79,18 @@ def save_checkpoint(
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint of a run, if any."""
-    root = checkpoints_dir(run_dir)
+    root = RunDir(run_dir).checkpoints
     pointer = root / LATEST
     if pointer.exists():
         candidate = root / pointer.read_text().strip()
         if (candidate / META).exists():
             return candidate
-    complete = sorted(p for p in root.glob("step-*") if (p / META).exists())
+    complete = sorted(p for p in root.glob(f"{STEP_PREFIX}*") if (p / META).exists())
     return complete[-1] if complete else None
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    """A checkpoint's metadata (step, mode, spec hash, batch layout, schedule state)."""
+    """A checkpoint's metadata (step, mode, seed, total steps, spec hash, batch layout, LR schedule state)."""
     meta_path = path / META
     if not meta_path.exists():
         raise UserError(f"{path}: not a complete ltxc checkpoint (no {META}); pass another --resume path")
@@ -104,9 +98,9 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, *, trainable_only: bool
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_schedule: Any, *, trainable_only: bool
 ) -> dict[str, Any]:
-    """Restore weights, optimiser and schedule in place (collectively); return the checkpoint's metadata."""
+    """Restore weights, optimiser and LR schedule in place (collectively); return the checkpoint's metadata."""
     meta = read_meta(path)
     options = _options(trainable_only)
     state = {
@@ -116,7 +110,7 @@ def load_checkpoint(
     dcp.load(state, checkpoint_id=str(path))
     set_model_state_dict(model, state["model"], options=options)
     set_optimizer_state_dict(model, optimizer, state["optim"], options=options)
-    scheduler.load_state_dict(meta["scheduler"])
+    lr_schedule.load_state_dict(meta["scheduler"])
     return meta
 
 

@@ -170,6 +170,10 @@ class RunConfig:
     export: ExportSection = ExportSection()
     validation: ValidationSection = ValidationSection()
 
+    def global_batch(self, world_size: int) -> int:
+        """Samples per optimiser step on `world_size` ranks: ranks x data.batch_size x train.grad_accum."""
+        return world_size * self.data.batch_size * self.train.grad_accum
+
 
 def load_run_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Loaded:
     """Load a run config (None: the embedded default) with `--set` items on top; `.value` is a `RunConfig`."""

@@ -17,7 +17,6 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from peft import LoraConfig
@@ -26,10 +25,10 @@ from safetensors.torch import save_file
 from ltxc.components import DTYPES, resolve_class
 from ltxc.fileio import atomic_write, atomic_write_json
 from ltxc.plan import Plan
+from ltxc.runner.config import ExportSection
 from ltxc.runner.lora import lora_scale, lora_state_dict
+from ltxc.runner.run_dir import COMFYUI_LORA, DIFFUSERS_LORA, LORA, TRANSFORMER
 
-DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"  # the name `load_lora_weights(dir)` looks for first
-COMFYUI_LORA = "comfyui_lora.safetensors"
 COMFYUI_PREFIX = "diffusion_model."
 WEIGHTS = "diffusion_pytorch_model.safetensors"  # diffusers' names, so `from_pretrained(dir)` finds them
 WEIGHTS_INDEX = "diffusion_pytorch_model.safetensors.index.json"
@@ -184,41 +183,44 @@ def export_full(
 
 
 def export_trained(
-    plan: Plan, model: torch.nn.Module, config: LoraConfig | None, settings: Any, info: Any, out: Path | None = None
+    plan: Plan, model: torch.nn.Module, lora: LoraConfig | None, export: ExportSection, out: Path, *, is_main: bool
 ) -> dict[str, str]:
-    """The end-of-run exports under `<run_dir>/export`; every rank calls it (gathering is collective).
+    """The exports `export` asks for under `out` (a run's `export/`); every rank calls it (gathering is collective).
 
-    `settings` needs run_dir and the export_lora_diffusers / export_lora_comfyui / export_full switches;
-    `info` needs is_main. `config` is the LoRA config, or None for a full fine-tune.
+    `lora` is the LoRA config, or None for a full fine-tune; only the main rank writes files.
     """
-    out = out or Path(settings.run_dir) / "export"
     written: dict[str, Path] = {}
-    if config is not None:
-        state = lora_state_dict(model)
-        want_diffusers = bool(settings.export_lora_diffusers)
-        reference = plan.spec.model.reference
-        if want_diffusers and reference is None and info.is_main:
-            print("no model.reference in the spec: skipping the diffusers LoRA export", file=sys.stderr)
-        if info.is_main and (settings.export_lora_diffusers or settings.export_lora_comfyui):
-            paths = export_lora(
-                state,
-                out / "lora",
-                pipeline_reference=reference or "",
-                config=config,
-                diffusers_format=want_diffusers and reference is not None,
-                comfyui=bool(settings.export_lora_comfyui),
-                comfyui_names=plan.spec.lora.comfyui_names,
-            )
-            written.update({f"lora_{kind}": path for kind, path in paths.items()})
-    elif settings.export_full:
+    if lora is not None:
+        written = _export_lora(plan, model, lora, export, out, is_main=is_main)
+    elif export.full:
         state = _full_state_dict(model)
-        if info.is_main:
-            role = plan.spec.transformer.component
-            dtype = DTYPES[plan.recipes[role].dtype]
-            written["transformer"] = export_full(model, out / "transformer", state_dict=state, dtype=dtype)
+        if is_main:
+            dtype = DTYPES[plan.recipes[plan.transformer_role].dtype]  # back to the spec's dtype from fp32 masters
+            written[TRANSFORMER] = export_full(model, out / TRANSFORMER, state_dict=state, dtype=dtype)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()  # nobody leaves before the files exist
     return {kind: str(path) for kind, path in written.items()}
+
+
+def _export_lora(
+    plan: Plan, model: torch.nn.Module, lora: LoraConfig, export: ExportSection, out: Path, *, is_main: bool
+) -> dict[str, Path]:
+    """The LoRA for diffusers (when the plan names a reference pipeline) and for ComfyUI, as `export` asks."""
+    state = lora_state_dict(model)  # collective under FSDP2: every rank gathers
+    if not is_main or not (export.lora_diffusers or export.lora_comfyui):
+        return {}
+    if export.lora_diffusers and plan.reference is None:
+        print("no model.reference in the spec: skipping the diffusers LoRA export", file=sys.stderr)
+    paths = export_lora(
+        state,
+        out / LORA,
+        pipeline_reference=plan.reference or "",
+        config=lora,
+        diffusers_format=export.lora_diffusers and plan.reference is not None,
+        comfyui=export.lora_comfyui,
+        comfyui_names=plan.lora.comfyui_names,
+    )
+    return {f"lora_{kind}": path for kind, path in paths.items()}
 
 
 def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

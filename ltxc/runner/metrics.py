@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from ltxc.fileio import atomic_write, json_line
-
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
+from ltxc.runner.run_dir import METRICS as METRICS_FILE
+from ltxc.runner.run_dir import TENSORBOARD as TENSORBOARD_DIR
+from ltxc.runner.run_dir import RunDir
 
 
 class MetricsLogger:
@@ -28,14 +28,15 @@ class MetricsLogger:
         self._writer: Any = None
         if not enabled:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run = RunDir(self.run_dir)
+        run.root.mkdir(parents=True, exist_ok=True)
         if jsonl:
             # append: a resumed run continues the same file
-            self._file = (self.run_dir / METRICS_FILE).open("a", encoding="utf-8")
+            self._file = run.metrics.open("a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # imported late: it pulls in tensorboard
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR))
+            self._writer = SummaryWriter(log_dir=str(run.tensorboard))
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
         """Record `values` at `step` in every open sink."""
@@ -143,3 +144,14 @@ def peak_memory_mb(device: torch.device | str) -> float:
         return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+
+
+__all__ = [
+    "METRICS_FILE",
+    "TENSORBOARD_DIR",
+    "MetricsLogger",
+    "peak_memory_mb",
+    "plot_loss_curve",
+    "read_metrics",
+    "sigma_bucket_losses",
+]

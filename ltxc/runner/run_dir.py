@@ -8,6 +8,7 @@
 <run>/export/lora/                  pytorch_lora_weights.safetensors (diffusers), comfyui_lora.safetensors
 <run>/export/transformer/           a full fine-tune as a diffusers model directory
 <run>/metrics.jsonl, loss.png       metrics, one JSON line per logged step, and the loss curve
+<run>/tensorboard/                  the same metrics (and validation contact sheets) for TensorBoard
 <run>/validation/step-NNNNNNNN/     validation videos and contact sheets
 ```
 Nothing else in ltxc types these names.
@@ -38,13 +39,17 @@ TRANSFORMER = "transformer"
 DIFFUSERS_LORA = "pytorch_lora_weights.safetensors"  # the name `load_lora_weights(dir)` looks for first
 COMFYUI_LORA = "comfyui_lora.safetensors"
 METRICS = "metrics.jsonl"
+TENSORBOARD = "tensorboard"
 LOSS_CURVE = "loss.png"
 VALIDATION = "validation"
 
 
+STEP_PREFIX = "step-"
+
+
 def step_name(step: int) -> str:
     """`step-00000400`: how checkpoints, exports and validation folders name a step."""
-    return f"step-{step:08d}"
+    return f"{STEP_PREFIX}{step:08d}"
 
 
 @frozen
@@ -52,6 +57,13 @@ class RunDir:
     """Paths inside one run's output directory."""
 
     root: Path
+
+    @classmethod
+    def of(cls, config: RunConfig) -> RunDir:
+        """The run directory a loaded run config writes to (`run.output`)."""
+        if config.run.output is None:
+            raise ValueError("run.output is unset: load the run config with load_run_config")
+        return cls(Path(config.run.output))
 
     @property
     def record(self) -> Path:
@@ -85,6 +97,11 @@ class RunDir:
     def metrics(self) -> Path:
         """The metrics log."""
         return self.root / METRICS
+
+    @property
+    def tensorboard(self) -> Path:
+        """The TensorBoard event folder."""
+        return self.root / TENSORBOARD
 
     @property
     def loss_curve(self) -> Path:

@@ -10,45 +10,32 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from attrs import frozen
 
 from ltxc.plan import Plan
+from ltxc.runner.config import ValidationSection
 from ltxc.runner.distributed import Distributed, barrier
 from ltxc.runner.metrics import MetricsLogger
-
-
-@frozen
-class ValidationSettings:
-    """What to sample and how often (unset sizes and sampler settings come from the spec)."""
-
-    prompts: tuple[str, ...] = ()
-    negative_prompt: str | None = None
-    every: int = 0
-    frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    seed: int = 0
+from ltxc.runner.run_dir import RunDir
 
 
 class Validator:
-    """Samples the configured prompts from a training model."""
+    """Samples the configured prompts from a training model (unset sizes and sampler settings: the plan's)."""
 
     def __init__(
         self,
         plan: Plan,
-        settings: ValidationSettings,
+        validation: ValidationSection,
         info: Distributed,
-        run_dir: Path,
+        run: RunDir,
         compute_dtype: torch.dtype | None,
         fps: float,
     ) -> None:
+        """Build the sampler and its own components (the VAE and text encoder training never builds)."""
         from ltxc.sampler import Sampler
 
-        self.settings = settings
+        self.validation = validation
         self.info = info
-        self.run_dir = run_dir
+        self.run_dir = run
         self.fps = fps
         components = plan.components()  # a set of its own: training never builds these otherwise
         self.sampler = Sampler(plan, components, device=info.device, compute_dtype=compute_dtype)
@@ -56,17 +43,17 @@ class Validator:
 
     def due(self, step: int, last: bool) -> bool:
         """Whether to sample after `step` (every N steps, and after the last step)."""
-        every = self.settings.every
+        every = self.validation.every
         return last or (every > 0 and step % every == 0)
 
     def run(self, model: torch.nn.Module, step: int, logger: MetricsLogger) -> list[Path]:
         """Sample every prompt with the live weights; return the files written (rank 0)."""
         from ltxc.media.write import contact_sheet, write_frames
 
-        s = self.settings
+        s = self.validation
         self.sampler._transformer = model  # the live (possibly sharded) model, not the spec's weights
         written: list[Path] = []
-        folder = self.run_dir / "validation" / f"step-{step:08d}"
+        folder = self.run_dir.validation(step)
         for index, prompt in enumerate(s.prompts):
             result = self.sampler([prompt], negative_prompt=s.negative_prompt, frames=s.frames, height=s.height,
                                   width=s.width, fps=self.fps, steps=s.steps, guidance=s.guidance,

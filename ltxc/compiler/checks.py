@@ -1,0 +1,127 @@
+"""The weightless checks: geometry rules, roles, normaliser statistics, text lengths, the reference class.
+
+Each appends `Problem`s located at the spec key they are about, so `ltxc compile` reports them all at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ltxc.components import ComponentError, resolve_class
+from ltxc.document import Locator
+from ltxc.errors import Problem
+from ltxc.geometry import FrameRule, Geometry
+from ltxc.spec.types import MeanStdSpec, ShiftScaleSpec, Spec
+
+
+def checked_geometry(spec: Spec, locator: Locator, problems: list[Problem]) -> Geometry:
+    """The spec's `Geometry`, with a problem for every rule that cannot hold."""
+    g = spec.geometry
+    rule = FrameRule(g.frames.multiple, g.frames.offset)
+    geometry = Geometry(
+        g.latent_channels,
+        g.spatial_compression,
+        g.temporal_compression,
+        rule,
+        g.resolution_multiple,
+        g.patch,
+        g.layout,
+    )
+    where = ("geometry",)
+    if g.frames.offset >= g.frames.multiple and g.frames.multiple > 1:
+        problems.append(locator.problem((*where, "frames", "offset"), "must be smaller than frames.multiple"))
+    # Every valid frame count must map to a whole number of latent frames: (F - 1) / temporal_compression.
+    if (rule.minimum - 1) % g.temporal_compression or g.frames.multiple % g.temporal_compression:
+        problems.append(
+            locator.problem(
+                (*where, "frames"),
+                f"valid counts {rule.describe()} do not map to whole latent frames with "
+                f"temporal_compression = {g.temporal_compression} (latent frames = (F - 1) / temporal_compression + 1)",
+            )
+        )
+    if g.resolution_multiple % g.spatial_compression:
+        problems.append(
+            locator.problem(
+                (*where, "resolution_multiple"),
+                f"must be a multiple of spatial_compression ({g.spatial_compression})",
+            )
+        )
+    else:
+        cells = g.resolution_multiple // g.spatial_compression
+        if cells % g.patch[1] or cells % g.patch[2]:
+            problems.append(
+                locator.problem(
+                    (*where, "patch"),
+                    f"the resolution rule gives latent sizes in steps of {cells}, which patch {list(g.patch)} "
+                    "does not divide; raise resolution_multiple",
+                )
+            )
+    return geometry
+
+
+def check_roles(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    """Every role a section names has its `[components.<role>]` table."""
+    roles = {
+        ("latent", "vae"): spec.latent.vae,
+        ("text", "encoder"): spec.text.encoder,
+        ("text", "tokenizer"): spec.text.tokenizer,
+        ("transformer", "component"): spec.transformer.component,
+        ("sampler", "scheduler"): spec.sampler.scheduler,
+    }
+    if spec.text.stage is not None:
+        roles[("text", "stage", "component")] = spec.text.stage.component
+    for path, role in roles.items():
+        if role not in spec.components:
+            problems.append(
+                locator.problem(path, f"no [components.{role}] in this spec (it has: {', '.join(spec.components)})")
+            )
+
+
+def check_normaliser(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    """Literal statistics have one value per latent channel; references name a component of the spec."""
+    norm = spec.latent.normalise
+    fields: dict[str, Any] = {}
+    if isinstance(norm, MeanStdSpec):
+        fields = {"mean": norm.mean, "std": norm.std, "scaling_factor": norm.scaling_factor}
+    elif isinstance(norm, ShiftScaleSpec):
+        fields = {"shift": norm.shift, "scale": norm.scale}
+    channels = spec.geometry.latent_channels
+    for name, value in fields.items():
+        if isinstance(value, tuple) and len(value) != channels:
+            problems.append(
+                locator.problem(
+                    ("latent", "normalise", name), f"has {len(value)} values; geometry.latent_channels is {channels}"
+                )
+            )
+        if isinstance(value, str) and value.split(".")[0] not in spec.components:
+            problems.append(
+                locator.problem(("latent", "normalise", name), f"{value!r} names no component of this spec")
+            )
+
+
+def check_text_lengths(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    """Both text lengths are multiples of `text.length_multiple`; the problem names the nearest ones."""
+    multiple = spec.text.length_multiple
+    lengths = {
+        ("text", "max_length"): spec.text.max_length,
+        ("sampler", "max_sequence_length"): spec.sampler.max_sequence_length,
+    }
+    for path, length in lengths.items():
+        if length is not None and length % multiple:
+            below, above = length - length % multiple, length - length % multiple + multiple
+            nearest = f"{below} or {above}" if below else f"{above}"
+            problems.append(
+                locator.problem(path, f"{length} is not a multiple of text.length_multiple ({multiple}); use {nearest}")
+            )
+
+
+def check_reference(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    """`[model] reference`, when set, names a diffusers pipeline class."""
+    if not spec.model.reference:
+        return
+    from diffusers import DiffusionPipeline  # only specs with a reference pay for importing diffusers
+
+    try:
+        resolve_class(spec.model.reference, DiffusionPipeline)
+    except ComponentError as exc:
+        problems.append(locator.problem(("model", "reference"), str(exc)))

@@ -1,0 +1,117 @@
+"""One optimiser step: accumulate the flow-matching loss over micro-batches, clip, step the optimiser and the
+LR schedule. Every random draw is keyed by (seed, step, micro-batch, global sample position), so a step is the
+same however the global batch is split across ranks, and across a resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from attrs import frozen
+
+from ltxc.adapter import Adapter, dropout_decisions
+from ltxc.flow import flow_loss, flow_target, loss_weights, noisy_latents, sample_sigmas
+from ltxc.plan import Plan
+from ltxc.runner.config import RunConfig
+from ltxc.runner.data import TrainData
+from ltxc.runner.distributed import Distributed, all_reduce_mean
+from ltxc.runner.seeds import derived_seed
+
+
+@frozen
+class Training:
+    """The live objects a step works on."""
+
+    plan: Plan
+    config: RunConfig
+    info: Distributed
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler
+    data: TrainData
+    batches: Iterator[dict[str, Any]]  # one iterator of the (infinite) loader for the whole run
+    adapter: Adapter
+    compute_dtype: torch.dtype | None  # the root does not cast its inputs (the timestep stays fp32)
+
+
+@frozen
+class StepResult:
+    """What one step did: its global loss (the optimiser did not step if it is not finite) and its metrics."""
+
+    loss: float
+    grad_norm: float
+    lr: float  # the LR this step used
+    sigmas: torch.Tensor  # [samples this rank saw]
+    sample_losses: torch.Tensor  # [samples this rank saw]
+    data_seconds: float  # waiting for batches
+    compute_seconds: float
+
+
+@frozen
+class _Micro:
+    loss: torch.Tensor
+    sigma: torch.Tensor
+    sample_losses: torch.Tensor
+    data_seconds: float
+    compute_seconds: float
+
+
+def train_step(t: Training, step: int) -> StepResult:
+    """Step `step` (0-based): grad_accum micro-batches, clip, then the optimiser and LR schedule step."""
+    grad_accum = t.config.train.grad_accum
+    torch.manual_seed(derived_seed(t.config.run.seed, step, t.info.rank))  # any global-RNG use is reproducible
+    t.optimizer.zero_grad(set_to_none=True)
+    micros = []
+    for micro in range(grad_accum):
+        micros.append(_accumulate(t, step, micro))
+    step_loss = sum((m.loss / grad_accum for m in micros), torch.zeros((), device=t.info.device))
+    grad_norm = _clip(t.model, t.config.train.grad_clip)
+    loss = all_reduce_mean(step_loss).item()
+    lr = t.lr_schedule.get_last_lr()[0]  # the LR this step uses, read before the schedule moves on
+    if math.isfinite(loss):  # a diverged step changes nothing: the caller stops at the last good state
+        t.optimizer.step()
+        t.lr_schedule.step()
+    return StepResult(
+        loss=loss,
+        grad_norm=grad_norm,
+        lr=lr,
+        sigmas=torch.cat([m.sigma for m in micros]),
+        sample_losses=torch.cat([m.sample_losses for m in micros]),
+        data_seconds=sum(m.data_seconds for m in micros),
+        compute_seconds=sum(m.compute_seconds for m in micros),
+    )
+
+
+def _accumulate(t: Training, step: int, micro: int) -> _Micro:
+    """One micro-batch: draw σ, noise and dropout per sample, predict, weighted MSE, backward (grads add up)."""
+    began = time.monotonic()
+    batch = next(t.batches)
+    fetched = time.monotonic()
+    device = t.info.device
+    x0 = batch["latents"].to(device, torch.float32, non_blocking=True)
+    b = x0.shape[0]
+    tokens = math.prod(x0.shape[2:])  # latent F*H*W: the sequence length the reference sampler shifts by
+    first = t.info.rank * b  # this rank's first sample in the global batch
+    seed = t.config.run.seed
+    gens = [torch.Generator().manual_seed(derived_seed(seed, step, micro, first + i)) for i in range(b)]
+    sigma = torch.cat([sample_sigmas(t.plan.flow, 1, tokens, g) for g in gens]).to(device)
+    noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
+    text = t.data.text(batch, dropout_decisions(gens, t.config.train.cfg_dropout))
+    prediction = t.adapter.predict(
+        t.model, noisy_latents(x0, noise, sigma), sigma, text, t.data.fps, compute_dtype=t.compute_dtype
+    )
+    weights = loss_weights(t.plan.loss_weight, sigma, t.plan.constants)
+    loss, sample_losses = flow_loss(prediction, flow_target(x0, noise), weights)
+    (loss / t.config.train.grad_accum).backward()  # each backward() sums grads, so normalise here
+    return _Micro(loss.detach(), sigma.detach(), sample_losses.detach(), fetched - began, time.monotonic() - fetched)
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
+    """Clip the gradient norm (0: no clipping) and return the norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+    return float(norm)
