@@ -23,6 +23,19 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype a model computes in, as diffusers' `ModelMixin.dtype` answers it: the first floating parameter
+    outside the class's keep-in-float32 modules (a correctly loaded bf16 Wan's first parameter is float32)."""
+    keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
+    last = None
+    for name, param in module.named_parameters():
+        if param.is_floating_point():
+            last = param.dtype
+            if not any(part in name for part in keep):  # a substring test, as diffusers' get_parameter_dtype
+                return param.dtype
+    return last or torch.float32
+
+
 class ComponentError(ValueError):
     """A component's class or config is not acceptable; the message says why and what to do."""
 

@@ -15,10 +15,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ltxc.data.batch_sampler import BucketBatchSampler
 from ltxc.data.cache import Cache
 from ltxc.data.dataset import CacheDataset, collate
 from ltxc.data.loader import make_loader, restore_sampler
-from ltxc.data.sampler import BucketBatchSampler
 from ltxc.errors import UserError
 
 HEADER = {"format": 1, "spec": {"name": "m", "hash": "abc"}, "null_conditioning": "null.safetensors"}

@@ -40,8 +40,8 @@ import torch
 import ltxc.runner.train as runner
 from ltxc.adapter import Adapter
 from ltxc.compiler import compile_spec
+from ltxc.data.batch_sampler import BucketBatchSampler
 from ltxc.data.dataset import CacheDataset, collate
-from ltxc.data.sampler import BucketBatchSampler
 from ltxc.flow import sample_sigmas
 from ltxc.media.synthetic import make_sample_dataset
 from ltxc.plan import Plan

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from ltxc.data.batch_sampler import BucketBatchSampler
 from ltxc.data.dataset import CacheDataset, collate
-from ltxc.data.sampler import BucketBatchSampler
 
 PREFETCH_FACTOR = 2  # batches in flight per worker: enough to hide file reads, little memory
 
