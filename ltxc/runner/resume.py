@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ltxc.errors import UserError
-from ltxc.runner.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from ltxc.runner.checkpoint import latest_checkpoint, load_checkpoint
 from ltxc.runner.config import CheckpointSection, RunConfig, TrainSection
 from ltxc.runner.distributed import Distributed
 from ltxc.runner.run_dir import RunDir
@@ -54,12 +54,10 @@ def resume(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     lr_schedule: Any,
-    now: dict[str, Any],
     config: RunConfig,
     info: Distributed,
 ) -> int:
-    """Check that this run (`now`, from `run_meta`) continues the checkpoint's, restore it; return its step."""
-    check_resumable(path, read_meta(path), now, config, info.world_size)  # before loading: nothing is touched
+    """Restore a checkpoint that `check_resumable` accepted; return its step."""
     meta = load_checkpoint(path, model, optimizer, lr_schedule, trainable_only=config.train.mode == "lora")
     start = int(meta["step"])
     if info.is_main:

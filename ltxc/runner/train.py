@@ -15,7 +15,7 @@ from attrs import frozen
 from ltxc.adapter import Adapter
 from ltxc.errors import UserError
 from ltxc.plan import Plan
-from ltxc.runner.checkpoint import save_checkpoint
+from ltxc.runner.checkpoint import read_meta, save_checkpoint
 from ltxc.runner.config import RunConfig
 from ltxc.runner.data import load_data, total_steps
 from ltxc.runner.distributed import Distributed, init_distributed
@@ -23,7 +23,7 @@ from ltxc.runner.export import export_trained
 from ltxc.runner.metrics import MetricsLogger, peak_memory_mb, plot_loss_curve
 from ltxc.runner.model import build_model
 from ltxc.runner.optim import make_lr_schedule, make_optimizer
-from ltxc.runner.resume import resume, resume_source, run_meta
+from ltxc.runner.resume import check_resumable, resume, resume_source, run_meta
 from ltxc.runner.run_dir import RunDir
 from ltxc.runner.step import Training, train_step
 from ltxc.runner.step_log import StepLog
@@ -67,12 +67,14 @@ def _train(plan: Plan, config: RunConfig, device: str | None, stop_after: int | 
     # set up: data, model, optimiser, LR schedule, then continue the checkpoint the config names (if any)
     data = load_data(plan, config, info)
     total = total_steps(config.train, data.batches_per_epoch)
+    meta = run_meta(config, plan.hash, total, info.world_size)
+    checkpoint = resume_source(config.checkpoint, run)  # the last good state, also one in another run directory
+    if checkpoint is not None:  # refuse before building the model: at 20 B parameters that takes minutes
+        check_resumable(checkpoint, read_meta(checkpoint), meta, config, info.world_size)
     model, lora, compute_dtype = build_model(plan, config, info)
     optimizer = make_optimizer(model.parameters(), config.optimizer, info.device)
     lr_schedule = make_lr_schedule(optimizer, total, config.schedule)
-    meta = run_meta(config, plan.hash, total, info.world_size)
-    checkpoint = resume_source(config.checkpoint, run)  # the last good state, also one in another run directory
-    start = 0 if checkpoint is None else resume(checkpoint, model, optimizer, lr_schedule, meta, config, info)
+    start = 0 if checkpoint is None else resume(checkpoint, model, optimizer, lr_schedule, config, info)
     data.seek(start, config.train.grad_accum)
     t = Training(
         plan, config, info, model, optimizer, lr_schedule, data, iter(data.loader), Adapter(plan), compute_dtype
