@@ -56,12 +56,16 @@ class Adapter:
         streams: Mapping[str, torch.Tensor] | None = None,
         training: bool = True,
         compute_dtype: torch.dtype | None = None,
+        grid: tuple[int, int, int] | None = None,
     ) -> dict[str, Any]:
         """The names a call expression may read, for this batch.
 
-        `timestep` defaults to the spec's `[flow] timestep` of σ; a stream not given gets its zero dummy.
+        `latents` are [B, C, F, H, W], or already in the transformer's layout when `grid` gives their latent
+        (frames, height, width), as the sampler keeps them. `timestep` defaults to the spec's `[flow] timestep`
+        of σ; a stream not given gets its zero dummy.
         """
-        b, _, f, h, w = latents.shape
+        b = latents.shape[0]
+        f, h, w = grid if grid is not None else latents.shape[2:]
         if compute_dtype is not None:  # σ stays float32: a bf16 timestep rounds 512..1024 to steps of 4
             latents = latents.to(compute_dtype)
             text = {k: v.to(compute_dtype) if v.is_floating_point() else v for k, v in text.items()}
@@ -71,7 +75,7 @@ class Adapter:
         s = self.geometry.spatial_compression
         env: dict[str, Any] = {
             **self.plan.constants,
-            "latents": self.geometry.pack(latents),
+            "latents": latents if grid is not None else self.geometry.pack(latents),
             "sigma": sigma,
             "timestep": timestep,
             "training": training,
@@ -117,11 +121,20 @@ class Adapter:
         overrides: Mapping[str, Expr] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the transformer: (video prediction float32 [B, C, F, H, W], {stream: prediction float32})."""
-        result = transformer(**self.model_kwargs(env, overrides), return_dict=False)
-        video = result[self.plan.transformer_output]
+        video, streams = self.raw_outputs(transformer, env, overrides)
         f, h, w = env["latent.frames"], env["latent.height"], env["latent.width"]
-        streams = {name: result[s.output].to(torch.float32) for name, s in self.plan.streams.items()}
+        streams = {name: value.to(torch.float32) for name, value in streams.items()}
         return self.geometry.unpack(video, f, h, w).to(torch.float32), streams
+
+    def raw_outputs(
+        self,
+        transformer: torch.nn.Module,
+        env: Mapping[str, Any],
+        overrides: Mapping[str, Expr] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Run the transformer: its predictions as it returns them (layout and dtype), the video's and each stream's."""
+        result = transformer(**self.model_kwargs(env, overrides), return_dict=False)
+        return result[self.plan.transformer_output], {name: result[s.output] for name, s in self.plan.streams.items()}
 
     def predict(
         self,

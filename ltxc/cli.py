@@ -239,6 +239,14 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", help="the prompt for both runs")
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted max |Δ| (default 1e-4)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float32", "float16"),
+        help="build the spec's module components at this dtype, as loading builds them; a role the root spec "
+        "(the real spec a tiny one extends, or the spec itself) keeps in float32 stays float32 (e.g. a VAE that "
+        "runs in float32), so every family verifies at its real precision with one flag (default: the spec's "
+        "own dtypes)",
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -258,6 +266,7 @@ def _verify(args: argparse.Namespace) -> int:
         seed=args.seed,
         tolerance=args.tolerance,
         device=args.device,
+        dtype=args.dtype,
     )
 
 

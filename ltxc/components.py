@@ -25,7 +25,7 @@ DTYPES: dict[str, torch.dtype] = {
 
 def module_dtype(module: torch.nn.Module) -> torch.dtype:
     """The dtype a model computes in, as diffusers' `ModelMixin.dtype` answers it: the first floating parameter
-    outside the class's keep-in-float32 modules (a correctly loaded bf16 Wan's first parameter is float32)."""
+    outside the class's keep-in-float32 modules (a bf16 model's first parameter may be a kept one)."""
     keep = tuple(getattr(module, "_keep_in_fp32_modules", None) or ())
     last = None
     for name, param in module.named_parameters():
@@ -132,14 +132,15 @@ class ComponentRecipe:
         return f"{self.reference} <- {where}{dtype}"
 
     def build(self) -> Any:
-        """Load or construct the component."""
-        obj = self._load() if self.source == "pretrained" else self._construct()
-        if self.kind == "module":
-            dtype = DTYPES[self.dtype]
-            if any(p.dtype != dtype for p in obj.parameters()):  # skip no-op casts (diffusers warns on each)
-                obj = obj.to(dtype)
-            obj = obj.eval()
-        return obj
+        """Load or construct the component; a module comes back in eval mode, at the spec's dtype as
+        `from_pretrained(torch_dtype=...)` gives it (modules its class keeps in float32 stay float32)."""
+        if self.source == "pretrained":
+            obj = self._load()  # from_pretrained already applies the dtype; a `.to` would undo keep-in-fp32
+        else:
+            obj = self._construct()
+            if self.kind == "module":
+                obj = as_loaded(obj, DTYPES[self.dtype])
+        return obj.eval() if self.kind == "module" else obj
 
     def _load(self) -> Any:
         kwargs: dict[str, Any] = {}
@@ -163,6 +164,56 @@ class ComponentRecipe:
             if _is_transformers_model(self.cls):
                 return self.cls(self.cls.config_class(**config))
             return self.cls(**config)
+
+
+def as_loaded(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A float32-built module at `dtype`, exactly as `save_pretrained` + `from_pretrained(torch_dtype=dtype)`
+    would give it, without the disk: rebuilt under `dtype` as the default dtype (so buffers computed in
+    `__init__` are), then the weights loaded as the library's loader casts them (keep-in-fp32 modules stay
+    float32). Float32 returns the module itself. A class from neither library is cast with `.to`."""
+    if dtype == torch.float32:
+        return module
+    from diffusers import ModelMixin
+
+    if isinstance(module, ModelMixin):
+        return _as_loaded_diffusers(module, dtype)
+    if _is_transformers_model(type(module)):
+        return _as_loaded_transformers(module, dtype)
+    return module.to(dtype)
+
+
+def _as_loaded_transformers(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """transformers' `from_pretrained` on an in-memory state dict, without its "Loading weights" bar."""
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        state = module.state_dict()
+        return type(module).from_pretrained(None, config=module.config, state_dict=state, dtype=dtype)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _as_loaded_diffusers(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """diffusers' `from_pretrained` steps on an in-memory state dict (modeling_utils: default dtype, empty
+    init, then `load_model_dict_into_meta` with the class's keep-in-fp32 list)."""
+    import accelerate
+    from diffusers.models.model_loading_utils import load_model_dict_into_meta
+    from diffusers.models.modeling_utils import no_init_weights
+
+    cls = type(module)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights(), accelerate.init_empty_weights():
+            built = cls.from_config(module.config)
+    finally:
+        torch.set_default_dtype(previous)
+    keep = list(getattr(cls, "_keep_in_fp32_modules", None) or [])
+    load_model_dict_into_meta(built, module.state_dict(), dtype=dtype, keep_in_fp32_modules=keep)
+    return built
 
 
 def _is_transformers_model(cls: type) -> bool:

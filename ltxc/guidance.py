@@ -1,16 +1,24 @@
-"""Guidance: one denoising step's predictions -> the guided velocity, as the spec's `[sampler]` says.
+"""Guidance: one denoising step's transformer passes by role, and their predictions -> the guided velocity.
 
-CFG on [uncond; cond] predictions, the perturbation terms (`[[sampler.perturbations]]`), rescaling, each in
-velocity or clean-latent (x0) space, with a stream's own guidance scale where it sets one.
+The passes: the CFG branches batched or separate in the spec's order (`[sampler] cfg`, `cfg_order`), then each
+perturbation (`[[sampler.perturbations]]`). The combination: CFG, the perturbation terms and rescaling, each in
+velocity or clean-latent (x0) space, with a stream's own guidance scale where it sets one, in float32 or the
+model's dtype (`[sampler] guidance_dtype`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import torch
+from attrs import frozen
 from torch import Tensor
 
+from ltxc.adapter import Adapter
 from ltxc.plan import VIDEO, Plan
+
+Text = dict[str, Tensor]
 
 
 class Guide:
@@ -27,28 +35,96 @@ class Guide:
         self, prediction: Tensor, perturbed: Mapping[str, Tensor], sample: Tensor, sigma: Tensor, stream: str = VIDEO
     ) -> Tensor:
         """The guided velocity for one stream (or the video); `prediction` is [uncond; cond] when CFG runs."""
+        roles = dict(zip(("uncond", "cond"), prediction.chunk(2), strict=True)) if self.cfg else {"cond": prediction}
+        return self.combine({**roles, **perturbed}, sample, sigma, stream)
+
+    def combine(self, predictions: Mapping[str, Tensor], sample: Tensor, sigma: Tensor, stream: str = VIDEO) -> Tensor:
+        """The guided velocity from the predictions by role: `cond`, `uncond` (when CFG runs), each active term's given.
+
+        Computed in the predictions' dtype (float32, or the model's under `[sampler] guidance_dtype = "model"`).
+        """
         guidance = self.stream_guidance.get(stream, self.guidance)
+        cond = predictions["cond"]
+        perturbed = {t.name: predictions[t.name] for t in self.active_terms if t.name in predictions}
         if self.space == "velocity":
-            if self.cfg:
-                uncond, cond = prediction.chunk(2)
-                guided = uncond + guidance * (cond - uncond)
-            else:
-                cond = guided = prediction
+            guided = predictions["uncond"] + guidance * (cond - predictions["uncond"]) if self.cfg else cond
             for name, value in perturbed.items():
                 guided = guided + self.weights[name] * (cond - value)
             return _rescale(guided, cond, self.rescale) if (self.cfg and self.rescale > 0) else guided
         # "x0": every prediction becomes clean latents x - σ·v, the terms are deltas from the conditional one
         to_x0 = lambda v: sample - v * sigma  # noqa: E731
+        guided = cond_x0 = to_x0(cond)
         if self.cfg:
-            uncond, cond = (to_x0(v) for v in prediction.chunk(2))
-            guided = cond + (guidance - 1) * (cond - uncond)
-        else:
-            cond = guided = to_x0(prediction)
+            guided = cond_x0 + (guidance - 1) * (cond_x0 - to_x0(predictions["uncond"]))
         for name, value in perturbed.items():
-            guided = guided + self.weights[name] * (cond - to_x0(value))
+            guided = guided + self.weights[name] * (cond_x0 - to_x0(value))
         if self.rescale > 0:
-            guided = _rescale(guided, cond, self.rescale)
+            guided = _rescale(guided, cond_x0, self.rescale)
         return (sample - guided) / sigma
+
+
+def cfg_passes(
+    text: Text, negative: Text | None, mode: str, order: Sequence[str]
+) -> list[tuple[tuple[str, ...], Text]]:
+    """The CFG branches' passes: (the roles in its batch, its text), as `[sampler] cfg` and `cfg_order` say."""
+    if negative is None:
+        return [(("cond",), text)]
+    by_role = {"cond": text, "uncond": negative}
+    if mode == "separate":
+        return [((role,), by_role[role]) for role in order]
+    return [(tuple(order), {name: torch.cat([by_role[role][name] for role in order]) for name in text})]
+
+
+@frozen(eq=False)
+class Step:
+    """One denoising step's transformer passes on the current latents (transformer layout) of every stream."""
+
+    adapter: Adapter
+    transformer: torch.nn.Module
+    current: dict[str, Tensor]
+    sigma: Tensor
+    timestep: Tensor
+    fps: float
+    dtype: torch.dtype
+    grid: tuple[int, int, int]  # the video's latent frames, height, width
+
+    def predictions(
+        self, passes: list[tuple[tuple[str, ...], Text]], text: Text, guide: Guide, guidance_dtype: str
+    ) -> dict[str, dict[str, Tensor]]:
+        """{role: {stream: prediction}}: each CFG pass (split by role), then each active perturbation in spec order.
+
+        Float32 under `guidance_dtype = "float32"`, else as the transformer returns them.
+        """
+        roles: dict[str, dict[str, Tensor]] = {}
+        for names, pass_text in passes:
+            out = self.run(pass_text, len(names))
+            for k, role in enumerate(names):
+                roles[role] = {n: v.chunk(len(names))[k] if len(names) > 1 else v for n, v in out.items()}
+        # each perturbation: the positive prompt once more, with its call overrides
+        roles.update({term.name: self.run(text, 1, term.call) for term in guide.active_terms})
+        if guidance_dtype == "float32":
+            roles = {role: {n: v.float() for n, v in values.items()} for role, values in roles.items()}
+        return roles
+
+    def run(self, text: Text, copies: int, overrides: Any = None) -> dict[str, Tensor]:
+        """One pass on `copies` stacked copies of the current latents (text already stacked to match)."""
+        # a batch of copies is a contiguous `cat` of the packed latents; one copy is the latents as they are
+        inputs = {name: torch.cat([x] * copies) if copies > 1 else x for name, x in self.current.items()}
+        size = next(iter(inputs.values())).shape[0]
+        # σ and the scheduler's own timestep: the call mapping picks what the model takes
+        env = self.adapter.environment(
+            inputs.pop(VIDEO),
+            self.sigma.expand(size),
+            text,
+            self.fps,
+            timestep=self.timestep.expand(size),
+            streams=inputs,
+            training=False,
+            compute_dtype=self.dtype,
+            grid=self.grid,
+        )
+        video, others = self.adapter.raw_outputs(self.transformer, env, overrides)
+        return {VIDEO: video, **{name: others[name] for name in inputs}}
 
 
 def _rescale(guided: Tensor, cond: Tensor, factor: float) -> Tensor:

@@ -23,11 +23,13 @@ def _per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @frozen
 class MeanStd:
-    """(z - mean) * scaling_factor / std, per channel."""
+    """(z - mean) * scaling_factor / std, per channel; back by the form a reference pipeline computes."""
 
     mean: torch.Tensor
     std: torch.Tensor
     scaling_factor: float = 1.0
+    # "multiply": x * std / scaling_factor + mean; "divide_reciprocal": x / (scaling_factor / std) + mean
+    form: str = "multiply"
 
     def normalise(self, latents: torch.Tensor) -> torch.Tensor:
         """VAE latents -> model latents."""
@@ -37,6 +39,8 @@ class MeanStd:
     def denormalise(self, latents: torch.Tensor) -> torch.Tensor:
         """Model latents -> VAE latents."""
         mean, std = _per_channel(self.mean, latents), _per_channel(self.std, latents)
+        if self.form == "divide_reciprocal":  # the reciprocal rounds in the latents' dtype first
+            return latents / (self.scaling_factor / std) + mean
         return latents * std / self.scaling_factor + mean
 
 

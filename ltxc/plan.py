@@ -80,6 +80,10 @@ class Plan:
     blocks: tuple[str, ...] = ()  # [parallel] blocks: the units FSDP2 shards and activation checkpointing wraps
     frozen: tuple[str, ...] = ()  # [parallel] frozen: parameter-name parts that never train
     transformer_role: str = "transformer"
+    # [sampler] input_dtype and decode, resolved: the role whose dtype the transformer's inputs take, and the
+    # decode's ordered steps ("denormalise", "cast:<role>", "noise")
+    input_role: str = "transformer"
+    decode: tuple[str, ...] = ("denormalise", "cast:vae", "noise")
     reference: str | None = None  # the diffusers pipeline class the exports and `verify` use
     stage_in_training: bool = False  # the cache stops before [text.stage]: training runs the stage itself
     null_text: str = "empty_prompt"  # [text] null_conditioning: what "no text" is for CFG dropout
@@ -99,7 +103,7 @@ class Plan:
         if isinstance(norm, spec_types.MeanStdSpec):
             mean = _statistic(norm.mean, components)
             std = _statistic(norm.std, components)
-            return MeanStd(mean, std, float(_read(norm.scaling_factor, components)))
+            return MeanStd(mean, std, float(_read(norm.scaling_factor, components)), norm.denormalise)
         if isinstance(norm, spec_types.ShiftScaleSpec):
             return ShiftScale(float(_read(norm.shift, components)), float(_read(norm.scale, components)))
         return Identity()

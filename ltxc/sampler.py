@@ -1,9 +1,12 @@
 """The sampler: prompts -> video, through the same compiled call mapping the adapter uses in training.
 
-Each step mirrors the spec's reference pipeline, so `ltxc verify` can hold the two equal: the initial noise
-is drawn with diffusers' `randn_tensor` from `torch.Generator().manual_seed(seed)`, the scheduler gets the
-spec's σ rule and shift, CFG runs the negative branch first in one batch, and the decode noise comes from
-the same generator after the initial noise.
+Each step mirrors the spec's reference pipeline, so `ltxc verify` can hold the two equal, bit for bit in float32
+and bf16: the initial noise is drawn with diffusers' `randn_tensor` from `torch.Generator().manual_seed(seed)`
+and kept in the transformer's layout from then on (packed once, unpacked once before the decode, so the CFG
+batch is a contiguous `cat` of packed latents and a batch-1 pass a strided view, as in the pipelines); the
+scheduler gets the spec's σ rule and shift; CFG runs batched or as separate passes in the spec's order, guided
+in float32 or the model's dtype; the decode runs the spec's ordered steps, its noise drawn from the same
+generator after the initial noise.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import copy
 import inspect
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,13 +25,17 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ltxc.adapter import Adapter
+from ltxc.components import module_dtype
 from ltxc.errors import UserError
 from ltxc.flow import resolution_mu
 from ltxc.geometry import LatentShape
-from ltxc.guidance import Guide
+from ltxc.guidance import Guide, Step, Text, cfg_passes
 from ltxc.plan import VIDEO, Plan
 from ltxc.processor import Processor
 from ltxc.spec.types import ResolutionShiftSpec
+
+# Called with (stage name, tensor) at each stage of one sampler call, when given (see `Sampler.__call__`).
+Trace = Callable[[str, Tensor], None]
 
 
 @frozen(eq=False)
@@ -74,6 +81,7 @@ class Sampler:
         device: str | torch.device = "cpu",
         transformer: torch.nn.Module | None = None,
         compute_dtype: torch.dtype | None = None,
+        trace: Trace | None = None,
     ) -> None:
         self.plan = plan
         self.settings = plan.sampler
@@ -84,7 +92,9 @@ class Sampler:
         self.processor = Processor(plan, components, self.device, max_length=plan.sampler.max_sequence_length)
         self._transformer = transformer
         self._normaliser: Any = None
+        # the dtype the transformer's inputs are cast to; unset: `[sampler] input_dtype`'s component's dtype
         self.compute_dtype = compute_dtype
+        self.trace = trace
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -121,19 +131,38 @@ class Sampler:
         seed: int = 0,
         decode: bool = True,
         progress: bool = False,
+        trace: Trace | None = None,
     ) -> Generation:
-        """Generate one video per prompt; every unset argument comes from the spec's `[sampler]`."""
+        """Generate one video per prompt; every unset argument comes from the spec's `[sampler]`.
+
+        `trace` (else the constructor's) is called with each stage's tensor: `text.<name>` and
+        `negative_text.<name>` (as the transformer gets them), `sigmas`, `timesteps`, `noise.<stream>`, at the first
+        step `prediction.<stream>.<role>` (role: uncond, cond or a perturbation's name; float32) and
+        `step1.<stream>`, then `final.<stream>` and `frames`; latents in the transformer's layout.
+        """
         prompts = _prompt_list(prompts)
         run = self._resolve(negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale)
-        text, both = self._prompt_text(prompts, run.negative)
+        trace = trace or self.trace
+        text, negative = self._prompt_text(prompts, run.negative)
+        dtype = self.compute_dtype or self._role_dtype(self.plan.input_role)
+        if trace is not None:
+            for prefix, tensors in (("text", text), ("negative_text", negative or {})):
+                for name, value in tensors.items():
+                    trace(f"{prefix}.{name}", value.to(dtype) if value.is_floating_point() else value)
         generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
-        latents = self._video_noise(len(prompts), run.shape, generator)
+        noise = self._video_noise(len(prompts), run.shape, generator)
         timesteps, sigmas = self._schedule(run.steps, run.shape)
-        streams = self._stream_noise(latents, sigmas, text, run.fps, generator)  # after the video's noise
-        final = self._denoise({VIDEO: latents, **streams}, text, both, timesteps, sigmas, run, progress)
-        video = self._decode(final[VIDEO], generator) if decode else None
+        latents = {VIDEO: self.plan.geometry.pack(noise)}  # the transformer's layout until the decode
+        latents.update(self._stream_noise(latents[VIDEO], run.shape, sigmas, text, run.fps, generator))
+        _emit(trace, {"sigmas": sigmas, "timesteps": timesteps, **_named("noise", latents)})
+        final = self._denoise(latents, text, negative, timesteps, sigmas, run, dtype, progress, trace)
+        _emit(trace, _named("final", final))
+        grid = self.plan.geometry.unpack(final[VIDEO], run.shape.frames, run.shape.height, run.shape.width)
+        video = self._decode(grid, generator) if decode else None
+        if video is not None:
+            _emit(trace, {"frames": video})
         return Generation(
-            latents=final[VIDEO].float().cpu(),
+            latents=grid.float().cpu(),
             video=video,
             seed=seed,
             prompts=tuple(prompts),
@@ -185,13 +214,14 @@ class Sampler:
             negative=(s.negative_prompt if negative_prompt is None else negative_prompt) if cfg else None,
         )
 
-    def _prompt_text(self, prompts: list[str], negative: str | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """(the prompts' text, the text of one CFG batch: the negative prompt's first, when it runs)."""
+    def _prompt_text(self, prompts: list[str], negative: str | None) -> tuple[Text, Text | None]:
+        """(the prompts' text, the negative prompt's text once per prompt when CFG runs, else None)."""
         text = self._encode(prompts)
-        if negative is None:
-            return text, text
-        negative_text = self._encode([negative] * len(prompts))
-        return text, {name: torch.cat([negative_text[name], text[name]]) for name in text}
+        return text, None if negative is None else self._encode([negative] * len(prompts))
+
+    def _role_dtype(self, role: str) -> torch.dtype:
+        """The dtype a component computes in, as diffusers' `ModelMixin.dtype` answers it."""
+        return module_dtype(self.transformer if role == self.plan.transformer_role else self.components[role])
 
     def _video_noise(self, batch: int, shape: LatentShape, generator: torch.Generator) -> Tensor:
         """The video's initial noise [B, C, F', H', W'], the first draw from the generator."""
@@ -199,11 +229,18 @@ class Sampler:
         return randn_tensor(size, generator=generator, device=self.device, dtype=torch.float32)
 
     def _stream_noise(
-        self, latents: Tensor, sigmas: Tensor, text: Mapping[str, Tensor], fps: float, generator: torch.Generator
+        self,
+        latents: Tensor,
+        shape: LatentShape,
+        sigmas: Tensor,
+        text: Mapping[str, Tensor],
+        fps: float,
+        generator: torch.Generator,
     ) -> dict[str, Tensor]:
         """The initial noise of every jointly sampled stream (e.g. audio), drawn in name order, packed."""
         batch = latents.shape[0]
-        probe = self.adapter.environment(latents, sigmas[:1].expand(batch), text, fps, training=False)
+        grid = (shape.frames, shape.height, shape.width)
+        probe = self.adapter.environment(latents, sigmas[:1].expand(batch), text, fps, training=False, grid=grid)
         streams: dict[str, Tensor] = {}
         for name in sorted(self.plan.streams):
             stream = self.plan.streams[name]
@@ -217,36 +254,43 @@ class Sampler:
     def _denoise(
         self,
         latents: dict[str, Tensor],
-        text: dict[str, Tensor],
-        both: dict[str, Tensor],
+        text: Text,
+        negative: Text | None,
         timesteps: Tensor,
         sigmas: Tensor,
         run: _Run,
+        dtype: torch.dtype,
         progress: bool,
+        trace: Trace | None,
     ) -> dict[str, Tensor]:
-        """The denoising loop over the video and the joint streams; their final latents by name."""
+        """The denoising loop over the video and the joint streams (transformer layout); their final latents."""
         # each joint stream is stepped by its own copy of the scheduler, as the reference pipelines do
         schedulers = {name: self.scheduler if name == VIDEO else copy.deepcopy(self.scheduler) for name in latents}
         transformer = self.transformer
-        # the pipelines cast latents and text to the model's dtype; a sharded model computes in its
-        # mixed-precision dtype, which its (fp32 master) parameters don't show, so the runner passes it
-        dtype = self.compute_dtype or next(transformer.parameters()).dtype
         guide = Guide(self.plan, run.guidance, run.rescale, run.cfg)
+        passes = cfg_passes(text, negative, self.settings.cfg, self.settings.cfg_order)
+        grid = (run.shape.frames, run.shape.height, run.shape.width)
         was_training = transformer.training
         transformer.eval()  # a live training model may come in training mode; it goes back to it below
         bar = tqdm(total=len(timesteps), desc="sample", unit="step", file=sys.stderr, disable=not progress)
         try:
             for i, t in enumerate(timesteps):
-                step = _Step(self.adapter, transformer, latents, sigmas[i], t, run.fps, dtype)
-                predictions = step.run(both, 2) if run.cfg else step.run(text, 1)  # [negative; positive] in one batch
-                # each perturbation: the positive prompt once more, with its call overrides
-                perturbed = {term.name: step.run(text, 1, term.call) for term in guide.active_terms}
-                stepped = {}
-                for name, x in latents.items():  # the video first, then the streams in name order
-                    terms = {term: values[name] for term, values in perturbed.items()}
-                    guided = guide(predictions[name], terms, x, sigmas[i], name)
-                    stepped[name] = schedulers[name].step(guided, t, x, return_dict=False)[0]
-                latents = stepped
+                step = Step(self.adapter, transformer, latents, sigmas[i], t, run.fps, dtype, grid)
+                predictions = step.predictions(passes, text, guide, self.settings.guidance_dtype)
+                if trace is not None and i == 0:
+                    for role, values in predictions.items():
+                        _emit(trace, {f"prediction.{n}.{role}": v.float() for n, v in values.items()})
+                latents = {  # the video first, then the streams in name order
+                    name: schedulers[name].step(
+                        guide.combine({role: p[name] for role, p in predictions.items()}, x, sigmas[i], name),
+                        t,
+                        x,
+                        return_dict=False,
+                    )[0]
+                    for name, x in latents.items()
+                }
+                if i == 0:
+                    _emit(trace, _named("step1", latents))
                 bar.update()
         finally:
             bar.close()
@@ -276,54 +320,44 @@ class Sampler:
         return scheduler.timesteps, scheduler.sigmas
 
     def _decode(self, latents: Tensor, generator: torch.Generator) -> Tensor:
-        """Normalised latents -> frames [B, F, H, W, 3] in [0, 1] (timestep-conditioned when the VAE is)."""
+        """Normalised latents -> frames [B, F, H, W, 3] in [0, 1], by `[sampler] decode`'s steps in order."""
         vae = self.processor.vae
-        z = self.normaliser.denormalise(latents).to(vae.dtype)
-        s = self.settings
-        if _config_flag(vae, "timestep_conditioning"):
-            batch = z.shape[0]
-            # Drawn after the initial noise from the same generator, as the reference pipeline draws it.
-            noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            scale = s.decode_timestep if s.decode_noise_scale is None else s.decode_noise_scale
-            timestep = torch.tensor([s.decode_timestep] * batch, device=z.device, dtype=z.dtype)
-            scale_t = torch.tensor([scale] * batch, device=z.device, dtype=z.dtype)[:, None, None, None, None]
-            z = (1 - scale_t) * z + scale_t * noise
-            video = vae.decode(z, timestep, return_dict=False)[0]
-        else:
-            video = vae.decode(z, return_dict=False)[0]
+        conditioned = _config_flag(vae, "timestep_conditioning")
+        z, timestep = latents, None
+        for step in self.plan.decode:
+            if step == "denormalise":
+                z = self.normaliser.denormalise(z)
+            elif step == "noise":
+                if conditioned:
+                    z, timestep = self._decode_noise(z, generator)
+            else:  # "cast:<role>"
+                z = z.to(self._role_dtype(step.removeprefix("cast:")))
+        if conditioned and timestep is None:
+            raise UserError("the VAE is timestep-conditioned, but [sampler] decode has no 'noise' step")
+        video = vae.decode(z, timestep, return_dict=False)[0] if conditioned else vae.decode(z, return_dict=False)[0]
         # [B, 3, F, H, W] in [-1, 1] -> [B, F, H, W, 3] in [0, 1], clamped before the float cast like diffusers
         return (video * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).float().cpu()
 
+    def _decode_noise(self, z: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(z mixed with the decode noise, the decode timestep), both in z's dtype, as the reference pipelines."""
+        s, batch = self.settings, z.shape[0]
+        # Drawn after the initial noise from the same generator, as the reference pipeline draws it.
+        noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        scale = s.decode_timestep if s.decode_noise_scale is None else s.decode_noise_scale
+        timestep = torch.tensor([s.decode_timestep] * batch, device=z.device, dtype=z.dtype)
+        scale_t = torch.tensor([scale] * batch, device=z.device, dtype=z.dtype)[:, None, None, None, None]
+        return (1 - scale_t) * z + scale_t * noise, timestep
 
-@frozen(eq=False)
-class _Step:
-    """One denoising step's transformer passes: the current latents of the video (`VIDEO`) and the joint streams."""
 
-    adapter: Adapter
-    transformer: torch.nn.Module
-    current: dict[str, Tensor]
-    sigma: Tensor
-    timestep: Tensor
-    fps: float
-    dtype: torch.dtype
+def _named(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {f"{prefix}.{name}": value for name, value in tensors.items()}
 
-    def run(self, text: dict[str, Tensor], copies: int, overrides: Any = None) -> dict[str, Tensor]:
-        """One pass on `copies` stacked copies of the current latents (text already stacked to match)."""
-        inputs = {name: torch.cat([x] * copies) for name, x in self.current.items()}
-        size = next(iter(inputs.values())).shape[0]
-        # σ and the scheduler's own timestep: the call mapping picks what the model takes
-        env = self.adapter.environment(
-            inputs.pop(VIDEO),
-            self.sigma.expand(size),
-            text,
-            self.fps,
-            timestep=self.timestep.expand(size),
-            streams=inputs,
-            training=False,
-            compute_dtype=self.dtype,
-        )
-        video, others = self.adapter.outputs(self.transformer, env, overrides)
-        return {VIDEO: video, **{name: others[name] for name in inputs}}
+
+def _emit(trace: Trace | None, tensors: Mapping[str, Tensor]) -> None:
+    """Hand each stage's tensor to the trace, when there is one."""
+    if trace is not None:
+        for name, value in tensors.items():
+            trace(name, value)
 
 
 def _prompt_list(prompts: Sequence[str]) -> list[str]:

@@ -90,7 +90,8 @@ def test_checkpoint_export_and_live_model_generate_the_same(
     from_export = generate(capsys, tmp_path / "export.safetensors", "--checkpoint", str(trained / "export"))
     from_checkpoint = generate(capsys, tmp_path / "ckpt.safetensors", "--checkpoint",
                                str(trained / "checkpoints" / "step-00000004"))  # fmt: skip
-    assert np.abs(from_export - from_checkpoint).max() <= 1e-6
+    # the same weights, two ways of loading them: float rounding only (1.5e-6 seen on an AMD EPYC elsewhere), 1e-5
+    assert np.abs(from_export - from_checkpoint).max() <= 1e-5
     assert np.abs(from_export - base).max() > 1e-4, "the LoRA must change the video"
     # the live model: the validation video sampled at the end of training (same prompt, seed and settings)
     live_png = trained / "validation" / "step-00000004" / "prompt-0.png"
@@ -99,7 +100,8 @@ def test_checkpoint_export_and_live_model_generate_the_same(
     live, _ = read_frames_file(live_png)
     exported, _ = read_frames_file(export_png)
     assert live.shape == exported.shape
-    assert np.abs(live.astype(int) - exported.astype(int)).max() <= 1  # uint8 PNG of float-equal videos
+    # PNG is lossless but 8-bit: frames less than 1/255 apart (float rounding) quantise at most 1 level apart
+    assert np.abs(live.astype(int) - exported.astype(int)).max() <= 1
 
 
 def test_lora_scale_zero_is_the_base_model(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -86,3 +86,82 @@ def test_the_real_spec_verifies_on_saved_weights(saved, capsys: pytest.CaptureFi
     print(out)
     assert code == 0, out + err
     assert "latents" in out and "PASS" in out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Against a pipeline loaded on its own: `verify` hands ltxc's own modules to the reference, so it cannot see
+# what ltxc's loader does differently from diffusers'. Here both sides read the same saved directory.
+
+INDEPENDENT = {"ltx": "", "wan-2.1": ""}
+SIZE = {"frames": 9, "height": 64, "width": 96}
+
+
+@pytest.fixture(scope="module", params=sorted(INDEPENDENT))
+def saved_pipeline(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(family, the tiny spec's pipeline saved with `save_pretrained`)."""
+    family = request.param
+    tiny = compile_spec(load_spec(SPECS / "tiny" / f"{family}.toml"))
+    from diffusers import DiffusionPipeline
+
+    pipeline = build_reference(resolve_class(tiny.spec.model.reference, DiffusionPipeline), tiny.components())
+    root = tmp_path_factory.mktemp(f"independent-{family}")
+    pipeline.save_pretrained(root / "pipe")
+    return family, root / "pipe"
+
+
+def _child_spec(family: str, pipe: Path, dtype: str | None, directory: Path) -> Path:
+    """A spec extending the real one that reads every component from `pipe`; modules at `dtype`, or at the
+    real spec's own dtypes when None."""
+    tiny = compile_spec(load_spec(SPECS / "tiny" / f"{family}.toml"))
+    lines = [f'[model]\nname = "{family}-independent"\nextends = {json.dumps(str(SPECS / f"{family}.toml"))}\n']
+    for role, recipe in tiny.recipes.items():
+        table = [f"[components.{role}]", f"pretrained = {json.dumps(str(pipe))}", f'subfolder = "{role}"']
+        if recipe.kind == "module" and dtype:
+            table.append(f'dtype = "{dtype}"')
+        if role == "tokenizer":
+            table.append(f'class = "{recipe.reference}"')
+        lines.append("\n".join(table) + "\n")
+    path = directory / f"{family}-{dtype or 'real'}.toml"
+    path.write_text("\n".join(lines) + "[text]\nmax_length = 32\n[sampler]\nmax_sequence_length = 32\n")
+    return path
+
+
+@pytest.mark.parametrize("dtype", ["float32", None], ids=["float32", "real-dtypes"])
+def test_matches_an_independently_loaded_pipeline(saved_pipeline, dtype: str | None, tmp_path: Path) -> None:
+    """ltxc on a spec extending the real one vs `Pipeline.from_pretrained(dir, torch_dtype=...)` loaded on its
+    own, same seed, prompt, size, steps, guidance: final latents and float frames bit-equal."""
+    import numpy as np
+    from diffusers import DiffusionPipeline
+
+    from ltxc.commands.verify import reference_call
+    from ltxc.components import DTYPES
+    from ltxc.sampler import Sampler
+
+    family, pipe = saved_pipeline
+    plan = compile_spec(load_spec(_child_spec(family, pipe, dtype, tmp_path)))
+    steps, guidance, prompt = 3, plan.sampler.guidance, "a red ball bounces across a wooden floor"
+    ours = Sampler(plan, plan.components(), "cpu")([prompt], **SIZE, steps=steps, guidance=guidance, seed=0)
+
+    pipeline_class = resolve_class(plan.reference, DiffusionPipeline)
+    dtypes = {role: DTYPES[r.dtype] for role, r in plan.recipes.items() if r.kind == "module"}
+    reference = pipeline_class.from_pretrained(str(pipe), torch_dtype={**dtypes, "default": dtypes["transformer"]})
+    reference.set_progress_bar_config(disable=True)
+    kwargs, _ = reference_call(pipeline_class, plan, prompt, *SIZE.values(), steps, guidance)
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture(_pipe, _step, _t, tensors):  # type: ignore[no-untyped-def]
+        captured["latents"] = tensors["latents"].detach().float().clone()
+        return tensors
+
+    output = reference(
+        **kwargs | {"generator": torch.Generator().manual_seed(0)},
+        output_type="np",
+        callback_on_step_end=capture,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    latents = (plan.geometry.pack(ours.latents) - captured["latents"]).abs().max().item()
+    frames = (ours.video - torch.from_numpy(np.asarray(output.frames)).float()).abs().max().item()
+    print(
+        f"\n{family} {dtype or 'real dtypes'}: independent pipeline max |Δ| latents {latents:.3e} frames {frames:.3e}"
+    )
+    assert (latents, frames) == (0.0, 0.0)

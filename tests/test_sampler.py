@@ -228,3 +228,20 @@ def test_sampler_max_sequence_length_reaches_the_text_encoder(tmp_path: Path) ->
 def test_progress_bar_goes_to_stderr(sampler: Sampler, capsys: pytest.CaptureFixture[str]) -> None:
     sampler([PROMPT], steps=2, decode=False, progress=True)
     assert "2/2" in capsys.readouterr().err
+
+
+def test_trace_names_every_stage(sampler: Sampler, plan: Plan) -> None:
+    """The stage contract `ltxc verify` builds its rows on: names, layouts, and the same result as without a trace."""
+    seen: dict[str, torch.Tensor] = {}
+    out = sampler([PROMPT], steps=2, seed=4, trace=lambda name, tensor: seen.setdefault(name, tensor.clone()))
+    text = [f"{side}.{name}" for side in ("text", "negative_text") for name in plan.text_names]
+    roles = [f"prediction.video.{role}" for role in ("uncond", "cond")]
+    stages = ["sigmas", "timesteps", "noise.video", *roles, "step1.video", "final.video", "frames"]
+    assert sorted(seen) == sorted(text + stages)
+    tokens = list(plan.geometry.pack(out.latents).shape)
+    assert all(list(seen[name].shape) == tokens for name in ("noise.video", "step1.video", "final.video", *roles))
+    assert all(seen[name].dtype == torch.float32 for name in roles)
+    assert torch.equal(seen["final.video"], plan.geometry.pack(out.latents))
+    assert torch.equal(seen["frames"], out.video)
+    plain = sampler([PROMPT], steps=2, seed=4)
+    assert torch.equal(plain.latents, out.latents) and torch.equal(plain.video, out.video)

@@ -53,9 +53,10 @@ def load_transformer(
         transformer.load_lora_adapter(str(lora.parent), weight_name=lora.name, prefix="transformer",
                                       adapter_name="default")  # fmt: skip
     elif (full := transformer_dir(checkpoint)) is not None:
-        transformer = plan.recipes[role].cls.from_pretrained(
-            str(full), torch_dtype=next(transformer.parameters()).dtype
-        )
+        from ltxc.components import DTYPES
+
+        # the spec's dtype, as from_pretrained applies it (the first parameter may be a keep-in-fp32 one)
+        transformer = plan.recipes[role].cls.from_pretrained(str(full), torch_dtype=DTYPES[plan.recipes[role].dtype])
     else:
         raise UserError(
             f"--checkpoint {checkpoint}: neither a training checkpoint ({META}), a LoRA export ({DIFFUSERS_LORA}) "

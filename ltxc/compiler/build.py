@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import os
 
-from ltxc.compiler.checks import check_normaliser, check_reference, check_roles, check_text_lengths, checked_geometry
+from ltxc.compiler.checks import (
+    check_normaliser,
+    check_reference,
+    check_roles,
+    check_sampler,
+    check_text_lengths,
+    checked_geometry,
+    decode_steps,
+)
 from ltxc.compiler.expressions import CompiledExpressions, compile_expressions
 from ltxc.compiler.names import geometry_numbers, text_names
 from ltxc.compiler.recipes import component_recipes
@@ -28,6 +36,7 @@ def compile_spec(loaded: Loaded) -> Plan:
     recipes = component_recipes(spec, locator, problems)
     check_roles(spec, locator, problems)
     check_normaliser(spec, locator, problems)
+    check_sampler(spec, locator, problems)
     check_text_lengths(spec, locator, problems)
     compiled = compile_expressions(spec, geometry_numbers(geometry), op_table(geometry), locator, problems)
     check_reference(spec, locator, problems)
@@ -71,6 +80,8 @@ def _plan(
         blocks=spec.parallel.blocks,
         frozen=spec.parallel.frozen,
         transformer_role=spec.transformer.component,
+        input_role=spec.sampler.input_dtype or spec.transformer.component,
+        decode=decode_steps(spec),
         reference=spec.model.reference,
         stage_in_training=spec.text.stage is not None and spec.text.cache == "before_stage",
         null_text=spec.text.null_conditioning,

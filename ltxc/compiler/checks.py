@@ -99,6 +99,36 @@ def check_normaliser(spec: Spec, locator: Locator, problems: list[Problem]) -> N
             )
 
 
+def decode_steps(spec: Spec) -> tuple[str, ...]:
+    """`[sampler] decode`, else the default: denormalise, cast to the VAE's dtype, then the decode noise."""
+    return spec.sampler.decode or ("denormalise", f"cast:{spec.latent.vae}", "noise")
+
+
+def check_sampler(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    """`[sampler]`: input_dtype names a role; the decode casts to roles, denormalises once, mixes noise at most once."""
+    s = spec.sampler
+    roles = ", ".join(spec.components)
+    if s.input_dtype is not None and s.input_dtype not in spec.components:
+        problems.append(
+            locator.problem(
+                ("sampler", "input_dtype"), f"no [components.{s.input_dtype}] in this spec (it has: {roles})"
+            )
+        )
+    if s.decode is None:
+        return
+    where = ("sampler", "decode")
+    for step in s.decode:
+        role = step.removeprefix("cast:")
+        if step.startswith("cast:") and role not in spec.components:
+            problems.append(locator.problem(where, f"{step!r}: no [components.{role}] in this spec (it has: {roles})"))
+    if s.decode.count("denormalise") != 1:
+        problems.append(
+            locator.problem(where, f"has 'denormalise' {s.decode.count('denormalise')} times; it must be there once")
+        )
+    if s.decode.count("noise") > 1:
+        problems.append(locator.problem(where, f"has 'noise' {s.decode.count('noise')} times; at most once"))
+
+
 def check_text_lengths(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
     """Both text lengths are multiples of `text.length_multiple`; the problem names the nearest ones."""
     multiple = spec.text.length_multiple

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
@@ -22,6 +23,21 @@ def blocks_of(model: torch.nn.Module, paths: Sequence[str]) -> list[torch.nn.Mod
             raise ValueError(f"parallel.blocks: {type(model).__name__} has no attribute {path!r}") from None
         found.extend(container if isinstance(container, torch.nn.ModuleList) else [container])
     return found
+
+
+def kept_in_float32(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The outermost submodules that hold parameters and that the model's class keeps in float32 when loaded
+    at a lower dtype (diffusers' `_keep_in_fp32_modules`), matched by whole dotted name parts as diffusers'
+    loader matches them. Parameters that the list names directly (not a module) are not among them."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    found: dict[str, torch.nn.Module] = {}
+    for name, module in model.named_modules():
+        if not name or not any(part in keep for part in name.split(".")):
+            continue
+        if any(name.startswith(outer + ".") for outer in found) or next(module.parameters(), None) is None:
+            continue
+        found[name] = module
+    return list(found.values())
 
 
 def checkpoint_block(block: torch.nn.Module) -> None:
@@ -51,6 +67,9 @@ def parallelize(
 ) -> torch.nn.Module:
     """Activation checkpointing per block -> `fully_shard` per block -> `fully_shard` on the root.
 
+    Under mixed precision, the modules the model's class keeps in float32 are sharded first, each with a
+    float32 policy, so training computes them as inference loads them.
+
     Checkpointing goes first so FSDP's hooks wrap the checkpointed forward (the recomputation then sees
     gathered parameters); blocks are sharded before the root so each block is its own all-gather unit and
     the root only holds what no block owns (embeddings, norms, heads).
@@ -64,9 +83,57 @@ def parallelize(
         # reduce-scatter out) to every block, every step. Checkpoints (DCP) reshard either way.
         return model
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+    if mixed:
+        # Inputs reach them as the parent gives them, as at inference; only their parameters stay float32.
+        full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
+        for module in kept_in_float32(model):  # before their parent block, so they are their own unit
+            fully_shard(module, mesh=mesh, mp_policy=full)
     for block in blocks:
         fully_shard(block, mesh=mesh, **({"mp_policy": mixed} if mixed else {}))
     # The root does not cast its inputs: the timestep must reach the model in float32.
     root = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     fully_shard(model, mesh=mesh, **({"mp_policy": root} if param_dtype else {}))
+    if mixed:
+        keep_frozen_kept_parameters_in_float32(model)
     return model
+
+
+def keep_frozen_kept_parameters_in_float32(model: torch.nn.Module) -> list[str]:
+    """Parameters the class keeps in float32 that are not inside a kept module (e.g. a bare scale-shift table)
+    share their unit's policy; when frozen, exempt each from the unit's cast, so it computes in float32 as
+    inference loads it. Returns their names.
+
+    A trainable one cannot be exempted: FSDP2 reduce-scatters one gradient dtype per unit. It then computes in
+    the unit's dtype (its float32 master weight is kept), and a warning names it. This reaches into FSDP2's
+    per-parameter state (`FSDPParam.init_dtype_attrs`, run at its lazy init), guarded so a torch without it
+    only warns.
+    """
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    paths = {id(module): name for name, module in model.named_modules()}
+    exempt, cast = [], []
+    for module in model.modules():
+        state = module._get_fsdp_state() if hasattr(module, "_get_fsdp_state") else None
+        group = getattr(state, "_fsdp_param_group", None)
+        for fsdp_param in getattr(group, "fsdp_params", ()):
+            info = fsdp_param._module_info
+            name = f"{paths[id(info.module)]}.{info.param_name}".lstrip(".")
+            if not any(part in keep for part in name.split(".")) or group.mp_policy.param_dtype == torch.float32:
+                continue
+            if fsdp_param.sharded_param.requires_grad or not hasattr(fsdp_param, "init_dtype_attrs"):
+                cast.append(name)
+                continue
+            fsdp_param.init_dtype_attrs = functools.partial(_without_cast, fsdp_param.init_dtype_attrs)
+            exempt.append(name)
+    if cast:
+        named = ", ".join(cast[:4]) + (" ..." if len(cast) > 4 else "")
+        warnings.warn(
+            f"{len(cast)} trainable parameter(s) the model keeps in float32 compute in the mixed-precision dtype "
+            f"under FSDP2 (one gradient dtype per sharded unit): {named}",
+            stacklevel=2,
+        )
+    return exempt
+
+
+def _without_cast(init_dtype_attrs: Callable[[MixedPrecisionPolicy], None], policy: MixedPrecisionPolicy) -> None:
+    """FSDPParam's dtype set-up with no parameter cast (its gradients, if any, reduce as the unit's)."""
+    init_dtype_attrs(MixedPrecisionPolicy(param_dtype=None, reduce_dtype=policy.reduce_dtype))

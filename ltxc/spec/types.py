@@ -74,6 +74,7 @@ class MeanStdSpec:
     mean: StatRef
     std: StatRef
     scaling_factor: NumberRef = 1.0
+    denormalise: Literal["multiply", "divide_reciprocal"] = "multiply"
 
 
 @frozen
@@ -243,6 +244,11 @@ class SamplerSpec:
     max_sequence_length: int | None = None
     guidance_space: Literal["velocity", "x0"] = "velocity"
     perturbations: tuple[PerturbationSpec, ...] = ()
+    cfg: Literal["batched", "separate"] = "batched"
+    cfg_order: tuple[Literal["uncond", "cond"], ...] = ("uncond", "cond")
+    input_dtype: str | None = None  # a role; unset: the transformer's
+    guidance_dtype: Literal["float32", "model"] = "float32"
+    decode: tuple[str, ...] | None = None  # unset: denormalise, cast to the VAE, noise
 
 
 @frozen
