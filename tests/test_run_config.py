@@ -528,6 +528,7 @@ def test_schema_defaults_are_the_attrs_defaults(schema):
         "lora.alpha",
         "lora.targets",
         "export.full",
+        "parallel.device_memory_gib",
         "validation.negative_prompt",
         "validation.frames",
         "validation.height",

@@ -71,6 +71,9 @@ class TrainSection:
     grad_clip: float = 1.0
     cfg_dropout: float = 0.1
     activation_checkpointing: Literal["auto", "on", "off"] = "auto"
+    base: Literal["as_loaded", "nf4", "int8"] = "as_loaded"
+    block_swap: int = 0
+    fused_optimizer_step: bool = False
 
 
 @frozen
@@ -84,8 +87,9 @@ class LoraSection:
 
 @frozen
 class OptimizerSection:
-    """`[optimizer]`: AdamW."""
+    """`[optimizer]`: AdamW, its 8-bit-state form, or bf16 weights with stochastic rounding."""
 
+    name: Literal["adamw", "adamw_8bit", "adamw_bf16"] = "adamw"
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
@@ -123,10 +127,12 @@ class LogSection:
 
 @frozen
 class ParallelSection:
-    """`[parallel]`: HSDP replica groups and precision."""
+    """`[parallel]`: HSDP replica groups, precision, CPU offload and the memory each rank may use."""
 
     replicate: int = 1
     precision: Literal["auto", "bf16", "fp32"] = "auto"
+    cpu_offload: bool = False
+    device_memory_gib: float | None = None
 
 
 @frozen
