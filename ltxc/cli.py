@@ -65,6 +65,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="'auto' (default), 'never', a checkpoint directory or a run directory")
     p.add_argument("--device", help="cpu or cuda (default: cuda:LOCAL_RANK if available)")
     p.add_argument("--stop-after", type=int, help="stop after this many steps of this invocation (checkpointed)")
+    p.add_argument("--dry-run", action="store_true", help="print the per-rank memory plan and exit (no training)")
+    p.add_argument(
+        "--ignore-memory-plan", action="store_true", help="train on a GPU even when the memory plan does not fit"
+    )
 
 
 def _add_preprocess(commands: argparse._SubParsersAction) -> None:
@@ -168,6 +172,8 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume,
         device=args.device,
         stop_after=args.stop_after,
+        dry_run=args.dry_run,
+        ignore_memory_plan=args.ignore_memory_plan,
     )
 
 

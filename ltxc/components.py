@@ -250,6 +250,10 @@ class Components(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self.recipes)
 
+    def release(self, role: str) -> None:
+        """Forget a built component (a later access builds it again), so its memory can be freed."""
+        self._built.pop(role, None)
+
     def is_built(self, role: str) -> bool:
         """True once `role` has been loaded or constructed."""
         return role in self._built

@@ -166,9 +166,36 @@ class Processor:
             self._stage = self.components[stage.component].to(self.device)
         return self._stage
 
+    def free_text(self) -> None:
+        """Drop the tokenizer, the text encoder and the text stage (from this processor and its components), so
+        their memory is freed once nothing else holds them; a later text call builds them again."""
+        self._text = self._stage = None
+        roles = [self.text.tokenizer, self.text.encoder] + ([self.text.stage.component] if self.text.stage else [])
+        release = getattr(self.components, "release", None)
+        for role in roles if release is not None else ():
+            release(role)
+        _empty_device_cache(self.device)
+
+    def free_vae(self) -> None:
+        """Drop the VAE (from this processor and its components); a later video call builds it again."""
+        self._vae = None
+        release = getattr(self.components, "release", None)
+        if release is not None:
+            release(self.plan.latent.vae)
+        _empty_device_cache(self.device)
+
     def null_conditioning(self) -> dict[str, torch.Tensor]:
         """What "no text" is for CFG dropout: the encoded empty prompt, or zeros (and all-false masks)."""
         text = self.cache_text([""])
         if self.plan.null_text == "zeros":
             return {name: torch.zeros_like(tensor) for name, tensor in text.items()}
         return text
+
+
+def _empty_device_cache(device: torch.device) -> None:
+    """Give freed GPU memory back to the allocator's pool owner (no-op on the CPU)."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

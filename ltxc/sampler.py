@@ -92,6 +92,10 @@ class Sampler:
         self.processor = Processor(plan, components, self.device, max_length=plan.sampler.max_sequence_length)
         self._transformer = transformer
         self._normaliser: Any = None
+        # prompts encoded ahead (a batch's prompts -> its text, as `_encode` returns it): used instead of the
+        # text encoder, so a caller can encode once and free it (training's validation does)
+        self.encoded: dict[tuple[str, ...], dict[str, Tensor]] = {}
+        self.role_dtypes: dict[str, torch.dtype] = {}  # roles' dtypes read ahead (their modules may be freed)
         # the dtype the transformer's inputs are cast to; unset: `[sampler] input_dtype`'s component's dtype
         self.compute_dtype = compute_dtype
         self.trace = trace
@@ -221,6 +225,8 @@ class Sampler:
 
     def _role_dtype(self, role: str) -> torch.dtype:
         """The dtype a component computes in, as diffusers' `ModelMixin.dtype` answers it."""
+        if role in self.role_dtypes:
+            return self.role_dtypes[role]
         return module_dtype(self.transformer if role == self.plan.transformer_role else self.components[role])
 
     def _video_noise(self, batch: int, shape: LatentShape, generator: torch.Generator) -> Tensor:
@@ -298,6 +304,8 @@ class Sampler:
         return latents
 
     def _encode(self, prompts: list[str]) -> dict[str, Tensor]:
+        if tuple(prompts) in self.encoded:
+            return {name: t.to(self.device) for name, t in self.encoded[tuple(prompts)].items()}
         return {name: t.to(self.device) for name, t in self.processor.transformer_text(prompts).items()}
 
     def _schedule(self, steps: int, shape: LatentShape) -> tuple[Tensor, Tensor]:

@@ -51,6 +51,7 @@ LINE_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<rest>.*)$")
 EXAMPLES = [
     "default.toml",
     "ltx-2.3-lora-1gpu.toml",
+    "ltx-2.3-lora-24gb.toml",
     "ltx-full-1gpu.toml",
     "ltx-full-8gpu.toml",
     "ltx-lora-1gpu.toml",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,12 +31,19 @@ def run_train(
     resume: str | None,
     device: str | None,
     stop_after: int | None,
+    dry_run: bool = False,
+    ignore_memory_plan: bool = False,
 ) -> int:
     """The whole command; returns the exit code."""
     from ltxc.runner.distributed import init_distributed, shutdown
 
     run_config: RunConfig = load_run_config(config, overrides).value
     plan = resolve_plan(plan_path or run_config.run.plan)
+    if dry_run:
+        print(_memory_plan(plan, run_config))
+        return 0
+    if _on_gpu(device):
+        check_memory_plan(plan, run_config, ignore=ignore_memory_plan)
     run = RunDir.of(run_config)
     info = init_distributed(device)  # first: preprocessing below shares this process group
     try:
@@ -49,6 +57,29 @@ def run_train(
     if info.is_main:
         print(format_summary(result, run.root))
     return 0
+
+
+def _memory_plan(plan: Plan, run_config: RunConfig) -> str:
+    from ltxc.runner.memory_plan import format_plan, plan_memory
+
+    return format_plan(plan_memory(plan, run_config))
+
+
+def _on_gpu(device: str | None) -> bool:
+    import torch
+
+    return (device or "cuda").startswith("cuda") and torch.cuda.is_available()
+
+
+def check_memory_plan(plan: Plan, run_config: RunConfig, *, ignore: bool) -> None:
+    """Before a GPU run: print the plan (rank 0) and refuse, in its last line, when it does not fit."""
+    from ltxc.runner.memory_plan import plan_memory
+
+    memory = plan_memory(plan, run_config)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("\n".join(memory.lines()), file=sys.stderr)
+    if memory.fits() is False and not ignore:
+        raise UserError(f"{memory.verdict()} (--ignore-memory-plan tries anyway)")
 
 
 def with_resume(config: RunConfig, resume: str | None) -> RunConfig:

@@ -6,6 +6,7 @@ import hashlib
 import math
 from typing import Any
 
+import torch
 from attrs import frozen
 
 from ltxc.data.buckets import nearest_bucket, pick_frames
@@ -64,17 +65,28 @@ def plan_frames(info: MediaInfo, settings: PreprocessSettings, frame_rule_minimu
 
 
 def process(
-    sample: Sample, settings: PreprocessSettings, processor: Processor, cache: Cache, spec_hash: str
+    sample: Sample,
+    settings: PreprocessSettings,
+    processor: Processor,
+    cache: Cache,
+    spec_hash: str,
+    text: dict[str, torch.Tensor] | None = None,
 ) -> Outcome:
-    """Probe, choose frames and bucket, decode, encode and write one sample."""
+    """Probe, choose frames and bucket, decode, encode and write one sample (`text`: its caption encoded ahead,
+    as `Processor.cache_text` returns it; else the processor encodes it here)."""
     try:
-        return Outcome(sample.id, record=_process(sample, settings, processor, cache, spec_hash))
+        return Outcome(sample.id, record=_process(sample, settings, processor, cache, spec_hash, text))
     except (Rejection, MediaError) as exc:
         return Outcome(sample.id, rejected={"id": sample.id, "source": sample.relpath, "reason": str(exc)})
 
 
 def _process(
-    sample: Sample, settings: PreprocessSettings, processor: Processor, cache: Cache, spec_hash: str
+    sample: Sample,
+    settings: PreprocessSettings,
+    processor: Processor,
+    cache: Cache,
+    spec_hash: str,
+    text: dict[str, torch.Tensor] | None,
 ) -> dict[str, Any]:
     info = probe(sample.path)
     geometry = processor.plan.geometry
@@ -85,7 +97,8 @@ def _process(
         processor.enable_tiling()
     seed = sample_seed(sample.id, settings.seed)
     latents = processor.encode_video(frames, seed=seed)
-    text = processor.cache_text([sample.caption])
+    if text is None:
+        text = processor.cache_text([sample.caption])
     tensors = {"latents": latents, **{f"text_{name}": tensor[0] for name, tensor in text.items()}}
     file = cache.write_sample(sample.id, tensors, {"id": sample.id, "spec_hash": spec_hash})
     count = len(selection.indices)

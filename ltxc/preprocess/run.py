@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import sys
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from ltxc.data.discover import Sample, discover
 from ltxc.plan import Plan
 from ltxc.preprocess.job import Outcome, process
 from ltxc.preprocess.settings import PreprocessSettings
+from ltxc.preprocess.staging import clear_staging, is_staged, stage_text, staged_text, unstage
 from ltxc.processor import Processor
 
 
@@ -37,6 +39,7 @@ class Report:
     repeated_clips: int
     padded_clips: int
     seconds: float
+    peak: str = ""  # this process's (and its workers') peak memory, as the report prints it
 
 
 def cache_header(plan: Plan, settings: PreprocessSettings) -> dict[str, Any]:
@@ -102,6 +105,7 @@ def preprocess(
     rejected = [{"source": r.source, "reason": r.reason} for r in discovery_rejects]
     if rank == 0:
         manifest = cache.finalise([s.id for s in samples], rejected)
+        clear_staging(cache)
     _barrier(world)
     if rank != 0:
         manifest = cache.manifest()
@@ -115,6 +119,7 @@ def preprocess(
         repeated_clips=sum(1 for r in manifest if r.get("repeated")),
         padded_clips=sum(1 for r in manifest if r.get("padded")),
         seconds=time.monotonic() - began,
+        peak=peak_memory(device),
     )
 
 
@@ -157,6 +162,8 @@ def _cache_samples(
 def _outcomes(
     plan: Plan, samples: Sequence[Sample], settings: PreprocessSettings, cache: Cache, workers: int, device: str
 ) -> Iterator[Outcome]:
+    """Two passes, one large component at a time: every caption through the text encoder (staged), which is
+    then freed; then every video through the VAE, each record written with its staged caption."""
     if not samples:
         return
     if workers <= 1:
@@ -165,20 +172,53 @@ def _outcomes(
         try:
             processor = Processor(plan, plan.components(), device)
             for sample in samples:
-                yield process(sample, settings, processor, cache, plan.hash)
+                _stage(processor, cache, sample)
+            processor.free_text()
+            for sample in samples:
+                yield _finish(process(sample, settings, processor, cache, plan.hash, staged_text(cache, sample.id)),
+                              cache)  # fmt: skip
+            processor.free_vae()
         finally:
             torch.set_num_threads(previous)
         return
-    # spawn, never fork: CUDA cannot be forked, and each worker holds its own model copy
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(plan.to_json(), str(cache.root), device),
-    ) as pool:
-        futures = [pool.submit(_work, sample, settings) for sample in samples]
-        for future in as_completed(futures):
-            yield future.result()
+    # spawn, never fork: CUDA cannot be forked, and each worker holds its own model copy; one pool per pass, so
+    # the text encoders are gone (with their workers) before any VAE is built
+    for text_pass in (True, False):
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(plan.to_json(), str(cache.root), device),
+        ) as pool:
+            if text_pass:
+                for future in as_completed([pool.submit(_work_text, sample) for sample in samples]):
+                    future.result()
+                continue
+            futures = [pool.submit(_work, sample, settings) for sample in samples]
+            for future in as_completed(futures):
+                yield _finish(future.result(), cache)
+
+
+def _stage(processor: Processor, cache: Cache, sample: Sample) -> None:
+    """Encode a sample's caption ahead of its video (unless a killed run already did)."""
+    if not is_staged(cache, sample.id):
+        stage_text(cache, sample.id, processor.cache_text([sample.caption]))
+
+
+def _finish(outcome: Outcome, cache: Cache) -> Outcome:
+    """Drop the staged caption of a sample that is written or rejected."""
+    unstage(cache, outcome.sample_id)
+    return outcome
+
+
+def peak_memory(device: str) -> str:
+    """This process's peak resident memory (libraries included), its finished workers', and the device's."""
+    self_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    text = f"{self_mib:.0f} MiB RSS" + (f" (largest worker {children_mib:.0f} MiB)" if children_mib else "")
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        text += f", {torch.cuda.max_memory_allocated(torch.device(device)) / 2**30:.2f} GiB on {device}"
+    return text
 
 
 _WORKER: dict[str, Any] = {}
@@ -201,8 +241,13 @@ def _init_worker(plan_json: dict[str, Any], cache_root: str, device: str) -> Non
     _WORKER.update(plan=plan, cache=Cache(cache_root), processor=Processor(plan, plan.components(), device))
 
 
+def _work_text(sample: Sample) -> None:
+    _stage(_WORKER["processor"], _WORKER["cache"], sample)
+
+
 def _work(sample: Sample, settings: PreprocessSettings) -> Outcome:
-    return process(sample, settings, _WORKER["processor"], _WORKER["cache"], _WORKER["plan"].hash)
+    cache = _WORKER["cache"]
+    return process(sample, settings, _WORKER["processor"], cache, _WORKER["plan"].hash, staged_text(cache, sample.id))
 
 
 _LINE_REF = re.compile(r"\s*\([^)]*\bline\b[^)]*\)")
@@ -230,4 +275,6 @@ def format_report(report: Report, cache_dir: Path) -> str:
             f"note       {report.padded_clips} clip(s) padded by repeating the last frame (--frames-policy pad)"
         )
     lines.append(f"seconds    {report.seconds:.1f}")
+    if report.peak:
+        lines.append(f"peak       {report.peak} (text encoder and VAE loaded one at a time)")
     return "\n".join(lines)

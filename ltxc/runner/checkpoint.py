@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
 from ltxc.errors import UserError
 from ltxc.fileio import atomic_write_json, atomic_write_text
@@ -61,7 +62,7 @@ def save_checkpoint(
     options = _options(trainable_only)
     state = {
         "model": get_model_state_dict(model, options=options),
-        "optim": get_optimizer_state_dict(model, optimizer, options=options),
+        "optim": plain_optimizer_state(get_optimizer_state_dict(model, optimizer, options=options)),
     }
     dcp.save(state, checkpoint_id=str(tmp))
     barrier()
@@ -75,6 +76,74 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def _is_8bit(value: Any) -> bool:
+    local = value.to_local() if isinstance(value, DTensor) else value
+    return type(local).__name__ == "OptimState8bit"
+
+
+def _like(value: Any, local: torch.Tensor) -> torch.Tensor:
+    """`local` laid out as `value` is: a DTensor shard with its placements, or the plain tensor."""
+    if not isinstance(value, DTensor):
+        return local
+    return DTensor.from_local(local, value.device_mesh, value.placements, run_check=False, shape=value.shape,
+                              stride=value.stride())  # fmt: skip
+
+
+def _split_8bit(key: str, value: Any) -> dict[str, Any]:
+    """One optimizer state entry, with an 8-bit moment (torchao's `OptimState8bit`, or a DTensor shard of one) as
+    two plain tensors shaped like its parameter: its codes (`key`) and each element's block scale (`key_scale`)."""
+    if not _is_8bit(value):
+        return {key: value}
+    local = value.to_local() if isinstance(value, DTensor) else value
+    scales = local.scale.repeat_interleave(local.block_size).view(local.shape)
+    return {key: _like(value, local.codes), f"{key}{SCALE}": _like(value, scales)}
+
+
+SCALE = "_scale"  # the suffix of an 8-bit moment's per-element block scale in a checkpoint
+
+
+def plain_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer state dict with each 8-bit moment as plain tensors, for DCP: it pickles torchao's tensor
+    subclass, which it then refuses to load (weights-only unpickling), and a float32 copy of the moment would not
+    give back the same 8 bits (a block's scale is not always recoverable from its values). Codes and per-element
+    scales are shaped like the parameter, so DCP reshards them as it reshards the parameter."""
+    out = {}
+    for name, values in state.get("state", {}).items():
+        out[name] = {k: v for key, value in values.items() for k, v in _split_8bit(key, value).items()}
+    return {**state, "state": out}
+
+
+def requantise_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After loading: each 8-bit moment, held as codes and per-element scales, back into torchao's 8-bit form,
+    bit for bit where this layout quantises it (else as float32, the values it stands for)."""
+    from torchao.optim.subclass_8bit import get_qmap_signed, get_qmap_unsigned
+
+    new_buffer = getattr(optimizer, "_new_buffer", None)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, signed in (("exp_avg", True), ("exp_avg_sq", False), ("max_exp_avg_sq", False)):
+                if f"{key}{SCALE}" not in state:
+                    continue
+                codes, scales = state[key], state.pop(f"{key}{SCALE}")
+                codes = (codes.to_local() if isinstance(codes, DTensor) else codes).to(torch.uint8)
+                scales = scales.to_local() if isinstance(scales, DTensor) else scales
+                qmap = torch.tensor(get_qmap_signed() if signed else get_qmap_unsigned(), device=codes.device)
+                values = qmap[codes.long()] * scales.to(torch.float32)  # what the moment stands for
+                fresh = new_buffer(param, signed) if new_buffer is not None else None
+                local = fresh.to_local() if isinstance(fresh, DTensor) else fresh
+                if fresh is None or not _is_8bit(fresh):
+                    state[key] = _like(param, values)
+                    continue
+                blocks = scales.reshape(-1, local.block_size)
+                if torch.equal(blocks, blocks[:, :1].expand_as(blocks)):  # the saved blocks are this shard's
+                    local.codes.copy_(codes)
+                    local.scale.copy_(blocks[:, 0])
+                else:  # resharded across block boundaries: quantised again from the values
+                    local.copy_(values)
+                state[key] = fresh
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -105,11 +174,12 @@ def load_checkpoint(
     options = _options(trainable_only)
     state = {
         "model": get_model_state_dict(model, options=options),
-        "optim": get_optimizer_state_dict(model, optimizer, options=options),
+        "optim": plain_optimizer_state(get_optimizer_state_dict(model, optimizer, options=options)),
     }
     dcp.load(state, checkpoint_id=str(path))
     set_model_state_dict(model, state["model"], options=options)
     set_optimizer_state_dict(model, optimizer, state["optim"], options=options)
+    requantise_optimizer_state(optimizer)
     lr_schedule.load_state_dict(meta["scheduler"])
     return meta
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import operator
 import warnings
@@ -9,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.utils.checkpoint import checkpoint
 
 
@@ -64,6 +65,8 @@ def parallelize(
     *,
     param_dtype: torch.dtype | None,
     activation_checkpointing: bool,
+    cpu_offload: bool = False,
+    unsharded: bool = False,
 ) -> torch.nn.Module:
     """Activation checkpointing per block -> `fully_shard` per block -> `fully_shard` on the root.
 
@@ -73,29 +76,47 @@ def parallelize(
     Checkpointing goes first so FSDP's hooks wrap the checkpointed forward (the recomputation then sees
     gathered parameters); blocks are sharded before the root so each block is its own all-gather unit and
     the root only holds what no block owns (embeddings, norms, heads).
+
+    `cpu_offload`: FSDP2's `CPUOffloadPolicy` on every unit (sharded parameters, gradients and the optimiser
+    step live in CPU memory; each unit is copied to the device for its forward and backward); it shards even a
+    single process. `unsharded`: one process is never wrapped (block swapping and the fused optimiser step need
+    the plain parameters); it then computes in its parameters' own dtypes.
     """
     blocks = blocks_of(model, block_paths)
     if activation_checkpointing:
         for block in blocks:
             checkpoint_block(block)
-    if mesh.size() == 1 and param_dtype is None:
+    if mesh.size() == 1 and (param_dtype is None or unsharded) and not cpu_offload:
         # One process in full precision: sharding over a group of one only adds copies (all-gather in,
         # reduce-scatter out) to every block, every step. Checkpoints (DCP) reshard either way.
         return model
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32) if param_dtype else None
+    # pinned host memory only where there is a GPU to copy to
+    offload = {"offload_policy": CPUOffloadPolicy(pin_memory=mesh.device_type == "cuda")} if cpu_offload else {}
     if mixed:
         # Inputs reach them as the parent gives them, as at inference; only their parameters stay float32.
         full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, cast_forward_inputs=False)
         for module in kept_in_float32(model):  # before their parent block, so they are their own unit
-            fully_shard(module, mesh=mesh, mp_policy=full)
+            fully_shard(module, mesh=mesh, mp_policy=full, **offload)
     for block in blocks:
-        fully_shard(block, mesh=mesh, **({"mp_policy": mixed} if mixed else {}))
+        fully_shard(block, mesh=mesh, **({"mp_policy": mixed} if mixed else {}), **offload)
     # The root does not cast its inputs: the timestep must reach the model in float32.
     root = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
-    fully_shard(model, mesh=mesh, **({"mp_policy": root} if param_dtype else {}))
+    fully_shard(model, mesh=mesh, **({"mp_policy": root} if param_dtype else {}), **offload)
     if mixed:
         keep_frozen_kept_parameters_in_float32(model)
     return model
+
+
+def unsharded_autocast(
+    model: torch.nn.Module, compute_dtype: torch.dtype | None, device: torch.device
+) -> contextlib.AbstractContextManager[None]:
+    """Mixed precision for a model `parallelize` left unwrapped on a GPU (block swapping, the fused step): there no
+    FSDP policy casts the float32 master weights, so autocast computes in `compute_dtype` instead. A no-op on the
+    CPU, in float32, and for an FSDP2 model."""
+    if compute_dtype is None or device.type != "cuda" or isinstance(model, FSDPModule):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=compute_dtype)  # type: ignore[return-value]
 
 
 def keep_frozen_kept_parameters_in_float32(model: torch.nn.Module) -> list[str]:

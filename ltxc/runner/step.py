@@ -15,9 +15,12 @@ from attrs import frozen
 from ltxc.adapter import Adapter, dropout_decisions
 from ltxc.flow import flow_loss, flow_target, loss_weights, noisy_latents, sample_sigmas
 from ltxc.plan import Plan
+from ltxc.runner.block_swap import block_swap_of
 from ltxc.runner.config import RunConfig
 from ltxc.runner.data import TrainData
 from ltxc.runner.distributed import Distributed, all_reduce_mean
+from ltxc.runner.fused_step import FusedStep
+from ltxc.runner.parallelize import unsharded_autocast
 from ltxc.runner.seeds import derived_seed
 
 
@@ -35,6 +38,7 @@ class Training:
     batches: Iterator[dict[str, Any]]  # one iterator of the (infinite) loader for the whole run
     adapter: Adapter
     compute_dtype: torch.dtype | None  # the root does not cast its inputs (the timestep stays fp32)
+    fused: FusedStep | None = None  # `train.fused_optimizer_step`: the optimiser steps inside the backward
 
 
 @frozen
@@ -64,15 +68,19 @@ def train_step(t: Training, step: int) -> StepResult:
     grad_accum = t.config.train.grad_accum
     torch.manual_seed(derived_seed(t.config.run.seed, step, t.info.rank))  # any global-RNG use is reproducible
     t.optimizer.zero_grad(set_to_none=True)
+    if t.fused is not None:
+        t.fused.begin()
     micros = []
     for micro in range(grad_accum):
         micros.append(_accumulate(t, step, micro))
     step_loss = sum((m.loss / grad_accum for m in micros), torch.zeros((), device=t.info.device))
-    grad_norm = _clip(t.model, t.config.train.grad_clip)
+    # fused: every parameter already stepped inside the backward (one process, no clipping: checked at set-up)
+    grad_norm = _clip(t.model, t.config.train.grad_clip) if t.fused is None else t.fused.grad_norm()
     loss = all_reduce_mean(step_loss).item()
     lr = t.lr_schedule.get_last_lr()[0]  # the LR this step uses, read before the schedule moves on
     if math.isfinite(loss):  # a diverged step changes nothing: the caller stops at the last good state
-        t.optimizer.step()
+        if t.fused is None:
+            t.optimizer.step()
         t.lr_schedule.step()
     return StepResult(
         loss=loss,
@@ -100,12 +108,18 @@ def _accumulate(t: Training, step: int, micro: int) -> _Micro:
     sigma = torch.cat([sample_sigmas(t.plan.flow, 1, tokens, g) for g in gens]).to(device)
     noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
     text = t.data.text(batch, dropout_decisions(gens, t.config.train.cfg_dropout))
-    prediction = t.adapter.predict(
-        t.model, noisy_latents(x0, noise, sigma), sigma, text, t.data.fps, compute_dtype=t.compute_dtype
-    )
+    with unsharded_autocast(t.model, t.compute_dtype, device):  # a no-op unless a lever left it unwrapped on a GPU
+        prediction = t.adapter.predict(
+            t.model, noisy_latents(x0, noise, sigma), sigma, text, t.data.fps, compute_dtype=t.compute_dtype
+        )
     weights = loss_weights(t.plan.loss_weight, sigma, t.plan.constants)
     loss, sample_losses = flow_loss(prediction, flow_target(x0, noise), weights)
-    (loss / t.config.train.grad_accum).backward()  # each backward() sums grads, so normalise here
+    # a fused step would apply a non-finite loss's gradients inside the backward: skip it (the run stops)
+    if t.fused is None or bool(torch.isfinite(loss)):
+        (loss / t.config.train.grad_accum).backward()  # each backward() sums grads, so normalise here
+    swap = block_swap_of(t.model)
+    if swap is not None:
+        swap.settle()  # the first swapped block's weights go back to the CPU once the backward is done
     return _Micro(loss.detach(), sigma.detach(), sample_losses.detach(), fetched - began, time.monotonic() - fetched)
 
 

@@ -15,11 +15,13 @@ from attrs import frozen
 from ltxc.adapter import Adapter
 from ltxc.errors import UserError
 from ltxc.plan import Plan
+from ltxc.runner.block_swap import check_levers
 from ltxc.runner.checkpoint import read_meta, save_checkpoint
 from ltxc.runner.config import RunConfig
 from ltxc.runner.data import load_data, total_steps
 from ltxc.runner.distributed import Distributed, init_distributed
 from ltxc.runner.export import export_trained
+from ltxc.runner.fused_step import FusedStep
 from ltxc.runner.metrics import MetricsLogger, peak_memory_mb, plot_loss_curve
 from ltxc.runner.model import build_model
 from ltxc.runner.optim import make_lr_schedule, make_optimizer
@@ -71,15 +73,20 @@ def _train(plan: Plan, config: RunConfig, device: str | None, stop_after: int | 
     checkpoint = resume_source(config.checkpoint, run)  # the last good state, also one in another run directory
     if checkpoint is not None:  # refuse before building the model: at 20 B parameters that takes minutes
         check_resumable(checkpoint, read_meta(checkpoint), meta, config, info.world_size)
-    model, lora, compute_dtype = build_model(plan, config, info)
+    check_levers(config, info.world_size)
+    # validation prompts are encoded (and the text encoder freed) before the transformer reaches the device
+    validator = _validator(plan, config, info, run, None, data.fps)
+    model, lora, dtype = build_model(plan, config, info)
+    if validator is not None:
+        validator.compute_dtype = dtype
     optimizer = make_optimizer(model.parameters(), config.optimizer, info.device)
+    fused = FusedStep(model, optimizer) if config.train.fused_optimizer_step else None
     lr_schedule = make_lr_schedule(optimizer, total, config.schedule)
     start = 0 if checkpoint is None else resume(checkpoint, model, optimizer, lr_schedule, config, info)
     data.seek(start, config.train.grad_accum)
     t = Training(
-        plan, config, info, model, optimizer, lr_schedule, data, iter(data.loader), Adapter(plan), compute_dtype
+        plan, config, info, model, optimizer, lr_schedule, data, iter(data.loader), Adapter(plan), dtype, fused
     )
-    validator = _validator(plan, config, info, run, compute_dtype, data.fps)
     # train: steps start..end of total (stop_after ends this call early, with a checkpoint)
     end = total if stop_after is None else min(total, start + stop_after)
     log = StepLog(_metrics_logger(run, config, info.is_main), config, info, start=start, end=end, total=total)

@@ -3,6 +3,11 @@
 Every rank runs the sampler in lockstep (a sharded model's forward gathers each block's full weights from
 all ranks); rank 0 writes `validation/step-N/prompt-I.mp4` plus a contact-sheet PNG and logs the sheet to
 TensorBoard. The VAE and text encoder are built only here, and only when prompts are configured.
+
+The prompts (and the negative prompt) are encoded once, when the validator is set up — before the training
+transformer is built — and the text encoder is freed at once: it never sits beside the training transformer,
+and every validation reuses the same text. The VAE is built at the first validation and stays on the device
+(decoding is not moved off the critical path).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from ltxc.plan import Plan
 from ltxc.runner.config import ValidationSection
 from ltxc.runner.distributed import Distributed, barrier
 from ltxc.runner.metrics import MetricsLogger
+from ltxc.runner.parallelize import unsharded_autocast
 from ltxc.runner.run_dir import RunDir
 
 
@@ -30,16 +36,34 @@ class Validator:
         compute_dtype: torch.dtype | None,
         fps: float,
     ) -> None:
-        """Build the sampler and its own components (the VAE and text encoder training never builds)."""
+        """Build the sampler on its own components (the VAE and text encoder training never builds), encode the
+        prompts and free the text encoder."""
         from ltxc.sampler import Sampler
 
         self.validation = validation
         self.info = info
         self.run_dir = run
         self.fps = fps
+        self.compute_dtype = compute_dtype  # the training model's; set again once it is built
         components = plan.components()  # a set of its own: training never builds these otherwise
         self.sampler = Sampler(plan, components, device=info.device, compute_dtype=compute_dtype)
         self.components = components
+        self._encode_prompts()
+
+    def _encode_prompts(self) -> None:
+        """Encode every prompt and the negative prompt as the sampler would, keep them on the CPU, and free the
+        tokenizer, text encoder and text stage."""
+        s, sampler = self.validation, self.sampler
+        run = sampler._resolve(s.negative_prompt, s.frames, s.height, s.width, self.fps, s.steps, s.guidance, None)
+        batches = [(prompt,) for prompt in s.prompts] + ([(run.negative,)] if run.negative is not None else [])
+        for batch in batches:
+            sampler.encoded[batch] = {name: t.cpu() for name, t in sampler._encode(list(batch)).items()}
+        # the dtypes of the roles the sampler casts to (e.g. the text encoder's), read before it is freed
+        plan = sampler.plan
+        casts = {plan.input_role} | {step.removeprefix("cast:") for step in plan.decode if step.startswith("cast:")}
+        for role in casts - {plan.transformer_role}:
+            sampler.role_dtypes[role] = sampler._role_dtype(role)
+        sampler.processor.free_text()
 
     def due(self, step: int, last: bool) -> bool:
         """Whether to sample after `step` (every N steps, and after the last step)."""
@@ -52,12 +76,14 @@ class Validator:
 
         s = self.validation
         self.sampler._transformer = model  # the live (possibly sharded) model, not the spec's weights
+        self.sampler.compute_dtype = self.compute_dtype
         written: list[Path] = []
         folder = self.run_dir.validation(step)
         for index, prompt in enumerate(s.prompts):
-            result = self.sampler([prompt], negative_prompt=s.negative_prompt, frames=s.frames, height=s.height,
-                                  width=s.width, fps=self.fps, steps=s.steps, guidance=s.guidance,
-                                  seed=s.seed)  # fmt: skip
+            with unsharded_autocast(model, self.compute_dtype, self.info.device):
+                result = self.sampler([prompt], negative_prompt=s.negative_prompt, frames=s.frames, height=s.height,
+                                      width=s.width, fps=self.fps, steps=s.steps, guidance=s.guidance,
+                                      seed=s.seed)  # fmt: skip
             if self.info.is_main:
                 video = result.video[0]
                 written.append(write_frames(video, folder / f"prompt-{index}.mp4", fps=result.fps))
