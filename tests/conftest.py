@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -43,6 +44,23 @@ def isolated_process_group() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def module_process_group() -> Iterator[None]:
+    """For a module of in-process runs (`pytestmark = pytest.mark.usefixtures("module_process_group")`): they make
+    and reuse one 1-rank group and set RANK/MASTER_*; both are undone after the module."""
+    with isolated_process_group():
+        yield
+
+
+@pytest.fixture(scope="module")
+def plan() -> Any:
+    """The tiny LTX-Video spec's plan (a module may define its own `plan` for another spec)."""
+    from ltxc.compiler import compile_spec
+    from ltxc.spec import load_spec
+
+    return compile_spec(load_spec(TINY_LTX))
 
 
 @pytest.fixture

@@ -18,12 +18,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_LTX
 from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ltxc.compiler import compile_spec
 from ltxc.plan import Plan
 from ltxc.runner.config import ExportSection
 from ltxc.runner.export import (
@@ -38,15 +36,9 @@ from ltxc.runner.export import (
 )
 from ltxc.runner.lora import add_lora, lora_config, lora_state_dict
 from ltxc.runner.run_dir import LORA, TRANSFORMER, RunDir
-from ltxc.spec import load_spec
 
 RANK, ALPHA = 4, 8.0  # scale 2: a loader that assumed alpha = rank would be off by 2x
 TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return compile_spec(load_spec(TINY_LTX))
 
 
 def fixed_inputs() -> dict[str, Any]:

@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import torch
-from conftest import ROOT, TINY_LTX, isolated_process_group
+from conftest import ROOT, TINY_LTX
 
-from ltxc.compiler import compile_spec
 from ltxc.errors import UserError
 from ltxc.media.synthetic import make_sample_dataset
 from ltxc.plan import Plan
@@ -52,18 +50,8 @@ from ltxc.runner.config import (
 )
 from ltxc.runner.metrics import read_metrics
 from ltxc.runner.train import train
-from ltxc.spec import load_spec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _process_group() -> Iterator[None]:
-    with isolated_process_group():
-        yield
-
-
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return compile_spec(load_spec(TINY_LTX))
+pytestmark = pytest.mark.usefixtures("module_process_group")
 
 
 @pytest.fixture(scope="module")

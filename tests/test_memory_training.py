@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import torch
-from conftest import TINY_LTX, isolated_process_group
+from conftest import TINY_LTX
 from diffusers import LTXPipeline
 from test_train import config, make_cache, read_checkpoint
 from test_train_distributed import assert_close
@@ -47,15 +46,7 @@ from ltxc.spec import load_spec
 MODULES = ("transformer", "vae", "text_encoder")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _process_group() -> Iterator[None]:
-    with isolated_process_group():
-        yield
-
-
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return compile_spec(load_spec(TINY_LTX))
+pytestmark = pytest.mark.usefixtures("module_process_group")
 
 
 @pytest.fixture(scope="module")

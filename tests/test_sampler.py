@@ -31,11 +31,6 @@ SIZES = [(9, 64, 96), (17, 96, 64)]  # frames, height, width: non-square both wa
 
 
 @pytest.fixture(scope="module")
-def plan() -> Plan:
-    return compile_spec(load_spec(TINY_LTX))
-
-
-@pytest.fixture(scope="module")
 def components(plan: Plan) -> Any:
     return plan.components()
 

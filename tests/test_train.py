@@ -46,14 +46,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import torch
-from conftest import DIST_ENV, TINY_LTX, CommandRun, isolated_process_group
+from conftest import DIST_ENV, TINY_LTX, CommandRun
 from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -92,16 +91,7 @@ RANK, ALPHA = 4, 8.0  # alpha != rank, so an export that loses the scale shows
 # -- fixtures and helpers -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _process_group() -> Iterator[None]:
-    """In-process runs make (and reuse) a 1-rank group and set RANK/MASTER_*: undo both afterwards."""
-    with isolated_process_group():
-        yield
-
-
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return compile_spec(load_spec(TINY_LTX))
+pytestmark = pytest.mark.usefixtures("module_process_group")
 
 
 @pytest.fixture(scope="module")
