@@ -142,12 +142,7 @@ def test_fsdp_mixed_precision_keeps_the_kept_modules_in_float32() -> None:
             module.register_forward_hook(
                 lambda m, _, out, name=name, params=params: seen.__setitem__(name, (params, out.dtype))
             )
-        torch.manual_seed(0)
-        x = torch.randn(1, 16, 3, 8, 12, dtype=torch.bfloat16)
-        text = torch.randn(1, 8, 32, dtype=torch.bfloat16)
-        model(
-            hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text
-        ).sample.float().sum().backward()
+        _forward_backward(model)
     assert set(seen) == set(watched)
     for name, (params, output) in seen.items():
         expected = torch.bfloat16 if name.endswith("to_q") else torch.float32
@@ -177,13 +172,16 @@ def test_fsdp_bare_kept_parameters_stay_float32_when_frozen(trainable: bool) -> 
         parallelize(model, plan.blocks, mesh, param_dtype=torch.bfloat16, activation_checkpointing=False)
         for name, module in (("root", model), ("block", model.blocks[0])):  # after FSDP's all-gather hooks
             module.register_forward_pre_hook(lambda m, _, name=name: seen.__setitem__(name, m.scale_shift_table.dtype))
-        torch.manual_seed(0)
-        x = torch.randn(1, 16, 3, 8, 12, dtype=torch.bfloat16)
-        text = torch.randn(1, 8, 32, dtype=torch.bfloat16)
-        model(
-            hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text
-        ).sample.float().sum().backward()
+        _forward_backward(model)
     expected = torch.bfloat16 if trainable else torch.float32
     assert seen == {"root": expected, "block": expected}
     warned = [w for w in caught if "keeps in float32 compute in the mixed-precision dtype" in str(w.message)]
     assert bool(warned) == trainable
+
+
+def _forward_backward(model: torch.nn.Module) -> None:
+    """One seeded bf16 forward and backward of the tiny Wan transformer (shapes of the tiny spec)."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 3, 8, 12, dtype=torch.bfloat16)
+    text = torch.randn(1, 8, 32, dtype=torch.bfloat16)
+    model(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=text).sample.float().sum().backward()
