@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ltxc.spec.expr import Expr, ExprError, compile_expr
+from ltxc.spec.expr import MAX_DEPTH, Expr, ExprError, compile_expr
 
 NAMES = frozenset({"sigma", "fps", "text.embeds", "text.mask", "latent.frames", "latent.height", "spatial_compression"})
 ENV = {
@@ -383,3 +384,15 @@ def test_lists_and_tuples_of_names_match_python(values, as_tuple):
     expected = [v * 2 - 1 for v in values]
     result = compile_expr(source, names, {})(env)
     assert result == (tuple(expected) if as_tuple else expected)
+
+
+def test_nesting_limit_does_not_depend_on_the_recursion_limit():
+    """The limit is the builder's own: a library that raises Python's recursion limit at import time (CI saw a
+    1,500-term sum compile after torch's) must not turn a refused spec into an accepted one."""
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        with pytest.raises(ExprError, match=f"more than {MAX_DEPTH} levels"):
+            compile_expr(" + ".join(["1"] * (MAX_DEPTH + 5)), NAMES, OPS)
+    finally:
+        sys.setrecursionlimit(before)

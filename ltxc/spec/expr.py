@@ -41,6 +41,9 @@ class ExprError(ValueError):
 
 
 MAX_EXPONENT = 64
+# An explicit nesting limit: relying on RecursionError alone makes the answer depend on the interpreter's
+# recursion limit, which libraries raise at import time (a 1,500-term sum compiled on one run, failed on another).
+MAX_DEPTH = 200
 
 
 def _bounded_pow(base: Any, exponent: Any) -> Any:
@@ -86,8 +89,18 @@ class _Builder:
         self.ops = ops
         self.used_names: set[str] = set()
         self.used_ops: set[str] = set()
+        self.depth = 0
 
     def build(self, node: ast.expr) -> Closure:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise ExprError(f"expression is too deeply nested (more than {MAX_DEPTH} levels)")
+            return self._build(node)
+        finally:
+            self.depth -= 1
+
+    def _build(self, node: ast.expr) -> Closure:
         if isinstance(node, ast.Constant):
             if not isinstance(node.value, _CONSTANT_TYPES):
                 raise ExprError(f"constant {node.value!r} is not allowed")
