@@ -7,11 +7,13 @@ stated in the spec: `timestep` (the scheduler's own when sampling) and `training
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from ltxc.conditions import TokenConditions, no_conditions
 from ltxc.plan import Plan
 from ltxc.spec.expr import Expr
 
@@ -34,6 +36,12 @@ CALL_NAMES = frozenset(
         "pixel.width",
         "fps",
         "batch_size",
+        # a task's conditions (zeros / 0 when none): 1 on conditioned tokens, the appended reference's latent grid
+        "condition.mask",
+        "reference.frames",
+        "reference.height",
+        "reference.width",
+        "reference.downscale",
     }
 )
 
@@ -57,12 +65,14 @@ class Adapter:
         training: bool = True,
         compute_dtype: torch.dtype | None = None,
         grid: tuple[int, int, int] | None = None,
+        conditions: TokenConditions | None = None,
     ) -> dict[str, Any]:
         """The names a call expression may read, for this batch.
 
         `latents` are [B, C, F, H, W], or already in the transformer's layout when `grid` gives their latent
-        (frames, height, width), as the sampler keeps them. `timestep` defaults to the spec's `[flow] timestep`
-        of σ; a stream not given gets its zero dummy.
+        (frames, height, width), as the sampler keeps them (with any appended condition tokens after the
+        target's). `timestep` defaults to the spec's `[flow] timestep` of σ; a stream not given gets its zero
+        dummy; `conditions` (none: text-to-video) give `condition.mask` and `reference.*`, repeated to the batch.
         """
         b = latents.shape[0]
         f, h, w = grid if grid is not None else latents.shape[2:]
@@ -89,6 +99,7 @@ class Adapter:
             "fps": float(fps),
             "batch_size": b,
         }
+        env.update(_condition_names(conditions, env["latents"], b))
         given = streams or {}
         for name in self.plan.streams:
             value = given.get(name)
@@ -148,6 +159,22 @@ class Adapter:
         """Training's call: the video prediction as float32 [B, C, F, H, W] (streams get their dummies)."""
         env = self.environment(latents, sigma, text, fps, compute_dtype=compute_dtype)
         return self.outputs(transformer, env)[0]
+
+
+def _condition_names(conditions: TokenConditions | None, packed: torch.Tensor, batch: int) -> dict[str, Any]:
+    """`condition.mask` and `reference.*` for a pass on `batch` samples of `packed` latents."""
+    if conditions is None:
+        tokens = packed.shape[1] if packed.ndim == 3 else math.prod(packed.shape[2:])
+        conditions = no_conditions(batch, tokens, packed.device)
+    conditions = conditions.repeated(batch)
+    f, h, w = conditions.reference_grid
+    return {
+        "condition.mask": conditions.mask.to(packed.device),
+        "reference.frames": f,
+        "reference.height": h,
+        "reference.width": w,
+        "reference.downscale": conditions.downscale,
+    }
 
 
 def dropout_decisions(generators: list[torch.Generator], probability: float) -> torch.Tensor:

@@ -37,6 +37,14 @@ def _flatten(x: torch.Tensor, start: int = 0, end: int = -1) -> torch.Tensor:
     return x.flatten(start, end)
 
 
+def _unsqueeze(x: torch.Tensor, dim: int) -> torch.Tensor:
+    return x.unsqueeze(dim)
+
+
+def _cat(tensors: Any, dim: int = 0) -> torch.Tensor:
+    return torch.cat(list(tensors), dim=dim)
+
+
 def pixel_boxes(
     geometry: Geometry,
     like: torch.Tensor,
@@ -86,6 +94,8 @@ def op_table(geometry: Geometry) -> dict[str, Callable[..., Any]]:
         "size": _size,
         "transpose": _transpose,
         "flatten": _flatten,
+        "unsqueeze": _unsqueeze,
+        "cat": _cat,
         "pixel_boxes": lambda like, frames, height, width, fps, causal_offset=1: pixel_boxes(
             geometry, like, frames, height, width, fps, causal_offset
         ),

@@ -49,6 +49,40 @@ class CompiledPerturbation:
 
 
 @frozen
+class CompiledCondition:
+    """A `[tasks.<task>.conditions.<name>]` entry with its defaults resolved from `[latent]`."""
+
+    name: str
+    input: str  # "image" or "video"
+    place: str  # "frames" or "append"
+    frames: tuple[int, int]  # place = "frames": latent frames [start, end)
+    encode: str  # "mode" or "sample"
+    normalise: spec_types.NormaliserSpec
+    keep: str  # "skip" or "blend"
+    loss: bool
+    downscale: int
+    reference_input: spec_types.ReferenceInputSpec | None = None
+    reference_extra: dict[str, Expr] = attrs.field(factory=dict)  # reference_input.extra, compiled (of `strength`)
+
+
+@frozen
+class CompiledTask:
+    """A `[tasks.<name>]` entry: its conditions and the call mapping while it runs."""
+
+    name: str
+    conditions: dict[str, CompiledCondition]
+    call: dict[str, Expr]  # the spec's [transformer.call] with the task's entries over it
+    description: str = ""
+    reference: str | None = None
+    reference_args: dict[str, Expr] = attrs.field(factory=dict)  # [model] reference_args, then the task's
+    lora_metadata: dict[str, Expr] = attrs.field(factory=dict)
+
+    def condition(self, input_kind: str) -> CompiledCondition | None:
+        """The condition fed by `input_kind` ("image" or "video"), if the task has one."""
+        return next((c for c in self.conditions.values() if c.input == input_kind), None)
+
+
+@frozen
 class Plan:
     """What `ltxc compile` produces and every `ltxc run` command executes."""
 
@@ -87,6 +121,22 @@ class Plan:
     reference: str | None = None  # the diffusers pipeline class the exports and `verify` use
     stage_in_training: bool = False  # the cache stops before [text.stage]: training runs the stage itself
     null_text: str = "empty_prompt"  # [text] null_conditioning: what "no text" is for CFG dropout
+    tasks: dict[str, CompiledTask] = attrs.field(factory=dict)  # [tasks]: conditioned tasks besides text-to-video
+
+    def task(self, name: str) -> CompiledTask:
+        """The task called `name`; a UserError naming the spec's tasks when it has none by that name."""
+        if name not in self.tasks:
+            have = ", ".join(sorted(self.tasks)) or "none"
+            raise UserError(f"spec {self.name!r} has no task {name!r} (its [tasks]: {have})")
+        return self.tasks[name]
+
+    def task_for(self, input_kind: str) -> CompiledTask:
+        """The one task fed by an input kind ("image": `--image`, "video": `--reference`); a UserError otherwise."""
+        found = [t for t in self.tasks.values() if t.condition(input_kind) is not None]
+        if len(found) != 1:
+            what = "no task takes" if not found else f"{len(found)} tasks take ({', '.join(t.name for t in found)})"
+            raise UserError(f"spec {self.name!r}: {what} an {input_kind!r} input; see its [tasks]")
+        return found[0]
 
     @property
     def name(self) -> str:
@@ -97,9 +147,9 @@ class Plan:
         """A fresh lazy component set (nothing is built until asked for)."""
         return Components(self.recipes)
 
-    def normaliser(self, components: Mapping[str, Any]) -> Normaliser:
-        """The latent normaliser, reading VAE statistics from `components` where the spec says so."""
-        norm = self.latent.normalise
+    def normaliser(self, components: Mapping[str, Any], spec: spec_types.NormaliserSpec | None = None) -> Normaliser:
+        """The latent normaliser (or `spec`'s, e.g. a condition's), reading VAE statistics from `components`."""
+        norm = self.latent.normalise if spec is None else spec
         if isinstance(norm, spec_types.MeanStdSpec):
             mean = _statistic(norm.mean, components)
             std = _statistic(norm.std, components)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import attrs
+
 from ltxc.compiler.checks import (
     check_normaliser,
     check_reference,
@@ -17,12 +19,13 @@ from ltxc.compiler.expressions import CompiledExpressions, compile_expressions
 from ltxc.compiler.names import geometry_numbers, text_names
 from ltxc.compiler.recipes import component_recipes
 from ltxc.compiler.resolved import resolved_data, spec_hash
+from ltxc.compiler.tasks import compile_tasks
 from ltxc.components import ComponentRecipe
 from ltxc.document import Loaded
 from ltxc.errors import ConfigError, Problem
 from ltxc.geometry import Geometry
 from ltxc.ops import op_table
-from ltxc.plan import Plan
+from ltxc.plan import CompiledTask, Plan
 from ltxc.spec.types import Spec
 
 
@@ -40,10 +43,12 @@ def compile_spec(loaded: Loaded) -> Plan:
     check_text_lengths(spec, locator, problems)
     compiled = compile_expressions(spec, geometry_numbers(geometry), op_table(geometry), locator, problems)
     check_reference(spec, locator, problems)
+    numbers = geometry_numbers(geometry)
+    tasks = compile_tasks(spec, numbers, op_table(geometry), compiled.call, locator, problems)
     if problems:
         raise ConfigError(problems)
     sources = tuple(os.path.normpath(f) for f in loaded.files)
-    return _plan(spec, sources, geometry, recipes, compiled)
+    return _plan(spec, sources, geometry, recipes, compiled, tasks)
 
 
 def _plan(
@@ -52,6 +57,7 @@ def _plan(
     geometry: Geometry,
     recipes: dict[str, ComponentRecipe],
     compiled: CompiledExpressions,
+    tasks: dict[str, CompiledTask],
 ) -> Plan:
     """The plan of a spec that passed every check: the compiled objects and the settings they read."""
     data = resolved_data(spec, recipes)
@@ -85,4 +91,8 @@ def _plan(
         reference=spec.model.reference,
         stage_in_training=spec.text.stage is not None and spec.text.cache == "before_stage",
         null_text=spec.text.null_conditioning,
+        tasks={
+            name: attrs.evolve(task, reference_args={**compiled.reference_args, **task.reference_args})
+            for name, task in tasks.items()
+        },
     )

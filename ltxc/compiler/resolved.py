@@ -22,6 +22,8 @@ def resolved_data(spec: Spec, recipes: Mapping[str, ComponentRecipe]) -> dict[st
     """The spec as the plan stores it: defaults filled, `extends` merged away, one source per component."""
     data = spec_to_dict(spec)
     data["model"].pop("extends", None)  # merged already; the plan records the files instead
+    if not data.get("tasks"):
+        data.pop("tasks", None)  # a spec without tasks keeps the hash it had before tasks existed
     unused = {"pretrained": ("config", "seed"), "config": ("pretrained", "subfolder", "revision")}
     for role, recipe in recipes.items():
         table = data["components"][role]

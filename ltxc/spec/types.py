@@ -270,6 +270,44 @@ class LoraSpec:
 
 
 @frozen
+class ReferenceInputSpec:
+    """How a task's reference pipeline takes a condition's input (`ltxc verify --task`)."""
+
+    argument: str  # its `__call__` keyword, e.g. "image" or "reference_conditions"
+    wrap: str | None = None  # "module:Class" the input is wrapped in, e.g. diffusers' LTX2ReferenceCondition
+    keyword: str = "frames"  # the keyword of `wrap` the input goes to
+    in_list: bool = False  # the pipeline takes a list of them
+    extra: dict[str, str] = field(factory=dict)  # further keywords of `wrap`, as expressions (e.g. strength)
+
+
+@frozen
+class ConditionSpec:
+    """`[tasks.<task>.conditions.<name>]`: clean tokens a task adds to the target's, and how they are treated."""
+
+    input: Literal["image", "video"]  # generation: `--image` / `--reference`; training: the clip's frame / the pair's
+    place: Literal["frames", "append"]  # on latent frames [start, end) of the target, or extra tokens after it
+    frames: tuple[int, int] = (0, 1)  # place = "frames": the latent-frame range [start, end)
+    encode: Literal["mode", "sample"] | None = None  # the VAE posterior; unset: [latent] encode
+    normalise: NormaliserSpec | None = None  # unset: [latent] normalise
+    keep: Literal["skip", "blend"] = "skip"  # sampling: the scheduler steps only the other tokens, or x0 is blended
+    loss: bool = False  # conditioned tokens enter the loss
+    downscale: int = 1  # place = "append": the input's size is the target's / downscale
+    reference_input: ReferenceInputSpec | None = None
+
+
+@frozen
+class TaskSpec:
+    """`[tasks.<name>]`: a conditioned task (image-to-video, IC-LoRA, ...) as data."""
+
+    conditions: dict[str, ConditionSpec]
+    description: str = ""
+    call: dict[str, str] = field(factory=dict)  # [transformer.call] overrides while the task runs
+    reference: str | None = None  # the diffusers pipeline `ltxc verify --task` compares against
+    reference_args: dict[str, str] = field(factory=dict)
+    lora_metadata: dict[str, str] = field(factory=dict)  # key -> expression, written into an exported LoRA
+
+
+@frozen
 class Spec:
     """A whole model spec."""
 
@@ -284,6 +322,7 @@ class Spec:
     parallel: ParallelSpec
     lora: LoraSpec = LoraSpec()
     streams: dict[str, StreamSpec] = field(factory=dict)
+    tasks: dict[str, TaskSpec] = field(factory=dict)
 
 
 _TAGGED_UNIONS: dict[Any, dict[str, type]] = {
