@@ -500,3 +500,50 @@ def test_missing_local_pretrained_directory_is_a_compile_error(tmp_path, capsys)
         capsys, spec, tmp_path / "out", line_of(spec, "pretrained ="), "components.vae.pretrained"
     )
     assert "nowhere" in message and "not a directory" in message
+
+
+# --- tasks ------------------------------------------------------------------------------------------------
+
+IMAGE_CONDITION = 'input = "image"\nplace = "frames"\n'
+
+
+def test_task_condition_with_an_empty_frame_range(tmp_path, capsys):
+    """A frames condition must occupy at least one latent frame."""
+    body = f"[tasks.first.conditions.image]\n{IMAGE_CONDITION}frames = [1, 1]\n"
+    spec = child_spec(tmp_path, body)
+    message = assert_one_error(
+        capsys, spec, tmp_path / "out", line_of(spec, "frames = [1, 1]"), "tasks.first.conditions.image.frames"
+    )
+    assert "empty" in message
+
+
+def test_two_conditions_of_one_task_cannot_take_the_same_input(tmp_path, capsys):
+    """`--image` must know which condition it feeds."""
+    body = f"[tasks.two.conditions.a]\n{IMAGE_CONDITION}\n[tasks.two.conditions.b]\n{IMAGE_CONDITION}"
+    spec = child_spec(tmp_path, body)
+    line = [n for n, text in enumerate(spec.read_text().splitlines(), 1) if text.startswith('input = "image"')][-1]
+    message = assert_one_error(capsys, spec, tmp_path / "out", line, "tasks.two.conditions.b.input")
+    assert "'a' already takes" in message
+
+
+def test_task_call_reads_only_call_names(tmp_path, capsys):
+    """A task's call overrides are checked against the same vocabulary as [transformer.call]."""
+    body = f'[tasks.t.call]\ntimestep = "sigma * condition.masc"\n\n[tasks.t.conditions.image]\n{IMAGE_CONDITION}'
+    spec = child_spec(tmp_path, body)
+    message = assert_one_error(capsys, spec, tmp_path / "out", line_of(spec, "condition.masc"), "tasks.t.call.timestep")
+    assert "condition.mask" in message
+
+
+def test_downscale_is_for_appended_conditions(tmp_path, capsys):
+    """Only an appended reference can be smaller than the target."""
+    body = f"[tasks.t.conditions.image]\n{IMAGE_CONDITION}downscale = 2\n"
+    spec = child_spec(tmp_path, body)
+    line = line_of(spec, "downscale = 2")
+    assert_one_error(capsys, spec, tmp_path / "out", line, "tasks.t.conditions.image.downscale")
+
+
+def test_task_reference_must_be_a_pipeline(tmp_path, capsys):
+    """A task's reference names a diffusers pipeline class, checked at compile time."""
+    body = f'[tasks.t]\nreference = "diffusers:NoSuchPipeline"\n\n[tasks.t.conditions.image]\n{IMAGE_CONDITION}'
+    spec = child_spec(tmp_path, body)
+    assert_one_error(capsys, spec, tmp_path / "out", line_of(spec, "NoSuchPipeline"), "tasks.t.reference")
