@@ -3,7 +3,9 @@
 - Its parameter, gradient and optimiser bytes equal the bytes of the tensors the runner actually allocates
   (`build_model`, `make_optimizer`, one step on zero gradients; counted with `quantise.tensor_bytes`, never
   process RSS) on each family's tiny spec and bf16 twin: LoRA and full, as-loaded bf16 and NF4 bases, AdamW,
-  AdamW8bit and bf16 AdamW, at 1 rank in-process. The activation figure is an estimate and is not checked here.
+  AdamW8bit and bf16 AdamW, at 1 rank in-process; and at 2 ranks, in-process too, with torch's fake process
+  group (FSDP2 shards as on 2 ranks, the collectives move no data): rank 0's shards equal the plan, rank 1's
+  are no larger. The activation figure is an estimate and is not checked here.
 - The published transformer configs shipped in `specs/configs/` build the real transformers on the meta
   device with the parameter counts the issue states (LTX-2.3 19.0 B, 5.9 B frozen; LTX-Video 1.9 B).
 - The dry run works offline for every shipped run config; the LTX-2.3 one-GPU LoRA and 24 GB configs print
@@ -14,7 +16,9 @@ Run: `pytest -q tests/test_memory_plan.py` (CPU; meta-device builds plus tiny mo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +121,52 @@ def test_the_plan_equals_the_allocated_bytes(
     assert memory.params.quantised == nf4
     if train.get("base") == "nf4":
         assert nf4 > 0  # the case checks quantised weights, not an empty set
+
+
+@contextlib.contextmanager
+def fake_ranks(rank: int, world: int) -> Iterator[None]:
+    """This process as rank `rank` of `world` (torch's fake process group: FSDP2 shards as it would on `world`
+    ranks, its collectives move no data), so a 2-rank plan is checked against real shards in-process."""
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    with isolated_process_group():
+        if dist.is_initialized():
+            dist.destroy_process_group()  # the module's 1-rank group; the next test makes it again
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+        dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
+        yield
+
+
+TWO_RANK_CASES = [
+    ("ltx-bf16", {"mode": "lora"}, {}),
+    ("ltx-bf16", {"mode": "full"}, {}),
+    ("ltx-bf16", {"mode": "lora", "base": "nf4"}, {"name": "adamw_8bit"}),
+    ("ltx-2.3-bf16", {"mode": "lora"}, {}),
+    ("wan-2.1-bf16", {"mode": "full"}, {}),
+]
+
+
+@pytest.mark.parametrize(("spec", "train", "optimizer"), TWO_RANK_CASES, ids=lambda v: str(v))
+def test_the_two_rank_plan_equals_rank_0s_shards_and_bounds_rank_1s(
+    plans: dict[str, Plan], tmp_path: Path, spec: str, train: dict[str, Any], optimizer: dict[str, Any]
+) -> None:
+    """Per rank at 2 ranks: rank 0 holds the largest dim-0 chunk of each parameter (FSDP2's split), which is
+    what the plan counts; rank 1 holds no more."""
+    plan = plans[spec]
+    cfg = config(tmp_path / "run", tmp_path / "no-cache", train=train, optimizer=optimizer, lora={"rank": 32})
+    memory = plan_memory(plan, cfg, world=2, bucket=(9, 64, 96))
+    planned = (sum(memory.params.device.values()) + memory.params.host, memory.params.grads, memory.params.optimizer)
+    with fake_ranks(0, 2):
+        *rank0, nf4 = allocated(plan, cfg)
+    with fake_ranks(1, 2):
+        *rank1, _ = allocated(plan, cfg)
+    whole = plan_memory(plan, cfg, world=1, bucket=(9, 64, 96))
+    print(f"{spec} {train} {optimizer}: planned {planned} rank 0 {rank0} rank 1 {rank1}")
+    assert tuple(rank0) == planned
+    assert memory.params.quantised == nf4
+    assert all(r1 <= r0 for r0, r1 in zip(rank0, rank1, strict=True))
+    assert planned[0] < 0.6 * (sum(whole.params.device.values()) + whole.params.host)  # it really is sharded
 
 
 def test_published_configs_give_the_real_parameter_counts() -> None:
