@@ -25,12 +25,13 @@ from typing import Any
 import attrs
 import pytest
 import torch
-from conftest import TINY_LTX
+from conftest import TINY_LTX, TINY_LTX2
 from diffusers import LTXPipeline
 from test_train import config, make_cache, read_checkpoint
 from test_train_distributed import assert_close
 from test_train_distributed import train as torchrun_train
 
+from ltxc.adapter import Adapter
 from ltxc.compiler import compile_spec
 from ltxc.errors import UserError
 from ltxc.media.synthetic import make_sample_dataset
@@ -170,6 +171,47 @@ def test_nf4_quantises_every_frozen_linear_and_no_trainable_one() -> None:
     assert not is_nf4(model["odd"].weight) and not is_nf4(model["trained"].weight)
     assert report.bytes_after < report.bytes_before
     assert quantise_base(model, "as_loaded") is None
+
+
+def wide_audio_twin(directory: Path) -> Plan:
+    """The tiny LTX-2.3 twin, bf16, with a 256-wide audio branch (4 heads x 64): wide enough for NF4's blocks."""
+    spec = directory / "wide-audio.toml"
+    spec.write_text(
+        f'[model]\nname = "ltx-2.3-wide-audio"\nextends = {json.dumps(TINY_LTX2.resolve().as_posix())}\n\n'
+        '[components.transformer]\ndtype = "bfloat16"\n'
+        "config = { audio_num_attention_heads = 4, audio_attention_head_dim = 64, audio_cross_attention_dim = 256 }\n",
+        encoding="utf-8",
+    )
+    return compile_spec(load_spec(spec))
+
+
+def test_nf4_quantises_the_frozen_audio_branch_of_a_video_only_lora(tmp_path: Path) -> None:
+    """A video-only LTX-2.3 LoRA: the audio and cross-modal branches (`[parallel] frozen`) are stored NF4 with the
+    base; with the modalities isolated (as training runs them) the video prediction is the as-loaded model's (the
+    audio weights do not reach it), and gradients reach only the video LoRA."""
+    plan = wide_audio_twin(tmp_path)
+    # the reference unwrapped as the one-process NF4 model is (the fused step leaves one process unwrapped too), so
+    # both compute the LoRA branch alike
+    reference = built(plan, run_config(tmp_path, lora={"rank": 4}, train={"fused_optimizer_step": True}))
+    model = built(plan, nf4_config(tmp_path, lora={"rank": 4}))
+    quantised = [name for name, p in model.named_parameters() if is_nf4(p)]
+    in_frozen_branch = [name for name in quantised if any(part in name for part in plan.frozen)]
+    print(f"wide-audio LTX-2.3 twin: {len(quantised)} NF4 weights, {len(in_frozen_branch)} in the frozen branch")
+    assert quantised and len(in_frozen_branch) == len(quantised)  # the video branch (32 wide) fits no block
+    assert any(name.startswith("audio_transformer_blocks") or ".audio_attn" in name for name in quantised)
+
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 128, 2, 2, 3, generator=gen)
+    text = {"embeds": torch.randn(1, 8, 32, generator=gen), "audio_embeds": torch.randn(1, 8, 256, generator=gen),
+            "mask": torch.ones(1, 8, dtype=torch.long)}  # fmt: skip
+    sigma = torch.tensor([0.5])
+    adapter = Adapter(plan)
+    want = adapter.predict(reference, latents, sigma, text, 24.0, compute_dtype=torch.bfloat16)
+    got = adapter.predict(model, latents, sigma, text, 24.0, compute_dtype=torch.bfloat16)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    got.square().mean().backward()
+    grads = [name for name, p in model.named_parameters() if p.grad is not None]
+    assert grads and all(".lora_" in name and not any(part in name for part in plan.frozen) for name in grads)
 
 
 def test_nf4_is_refused_for_a_full_fine_tune_and_int8_is_not_available(plan: Plan, tmp_path: Path) -> None:
