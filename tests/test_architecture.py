@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import attrs
 import pytest
+import tomllib
 from conftest import ROOT, SPECS
 
 from ltxc.spec import types as spec_types
@@ -434,6 +435,32 @@ def test_no_model_family_identifier_as_code_in_ltxc():
             for match in FAMILY_IN_CODE.finditer(text):
                 hits.append(f"{path.relative_to(ROOT)}:{line}: {match.group()!r} in {text[:80]!r}")
     assert hits == [], "model knowledge belongs in specs/, not ltxc/:\n" + "\n".join(hits)
+
+
+# The shipped specs' task names (and the words a task check would be written with): `ltxc/` reads tasks from the
+# plan, so none of them may appear as code there (issue 13: "grep finds no task name as code in ltxc/").
+TASK_IN_CODE = re.compile(r"(?i:(?<![a-z0-9])(?:i2v|ic_lora|iclora|ic-lora|image_to_video|img2vid)(?![a-z0-9]))")
+
+
+def test_no_task_name_as_code_in_ltxc():
+    """A task is spec data like a model: `ltxc/` never names one in code (identifiers, strings)."""
+    hits = []
+    for path in sorted(LTXC.rglob("*.py")):
+        for line, text in _code_tokens(path):
+            for match in TASK_IN_CODE.finditer(text):
+                hits.append(f"{path.relative_to(ROOT)}:{line}: {match.group()!r} in {text[:80]!r}")
+    assert hits == [], "task knowledge belongs in specs/ and run configs, not ltxc/:\n" + "\n".join(hits)
+
+
+def test_task_pattern_catches_task_names_not_words():
+    for caught in ('"i2v"', "ic_lora", "IC-LoRA", "if task == 'i2v':", "image_to_video"):
+        assert TASK_IN_CODE.search(caught), caught
+    for fine in ("i2vector", "logic_lorax", "video", "image"):
+        assert not TASK_IN_CODE.search(fine), fine
+    shipped = {
+        name for spec in (ROOT / "specs").rglob("*.toml") for name in tomllib.loads(spec.read_text()).get("tasks", {})
+    }
+    assert shipped and all(TASK_IN_CODE.search(name) for name in shipped), shipped  # the pattern knows every task
 
 
 def test_family_identifier_pattern_catches_class_names_not_words(tmp_path):
