@@ -53,13 +53,15 @@ def pixel_boxes(
     width: int,
     fps: float,
     causal_offset: int = 1,
+    spatial_scale: int = 1,
 ) -> torch.Tensor:
     """Each token's [start, end) box in pixel space, float32 [B, 3, tokens, 2] on `like`'s device.
 
     Axis 1 is (time, row, column). Latent cells are scaled by the compression factors; time is shifted by
     the causal first frame (a latent frame k > 0 covers pixel frames 8k-7..8k; the first covers frame 0
     alone), clamped at 0 and divided by `fps`, so positions are in seconds. Tokens run frame-major, then
-    row, then column, as `Geometry.pack` orders them.
+    row, then column, as `Geometry.pack` orders them. `spatial_scale` multiplies rows and columns afterwards
+    (time untouched): a reference encoded at the target's size / k placed over the target's grid.
     """
     pt, ph, pw = geometry.patch
     device = like.device
@@ -74,6 +76,8 @@ def pixel_boxes(
     scale = torch.tensor([t, s, s], dtype=torch.float32, device=device).view(3, 1, 1)
     boxes = boxes * scale
     boxes[0] = (boxes[0] + causal_offset - t).clamp(min=0) / fps
+    if spatial_scale != 1:
+        boxes[1:] = boxes[1:] * spatial_scale
     return boxes.unsqueeze(0).repeat(like.shape[0], 1, 1, 1)
 
 
@@ -96,7 +100,7 @@ def op_table(geometry: Geometry) -> dict[str, Callable[..., Any]]:
         "flatten": _flatten,
         "unsqueeze": _unsqueeze,
         "cat": _cat,
-        "pixel_boxes": lambda like, frames, height, width, fps, causal_offset=1: pixel_boxes(
-            geometry, like, frames, height, width, fps, causal_offset
+        "pixel_boxes": lambda like, frames, height, width, fps, causal_offset=1, spatial_scale=1: pixel_boxes(
+            geometry, like, frames, height, width, fps, causal_offset, spatial_scale
         ),
     }

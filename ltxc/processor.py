@@ -61,11 +61,13 @@ class Processor:
         return x.to(self.vae.dtype)
 
     @torch.no_grad()
-    def encode_video(self, frames: np.ndarray, seed: int = 0) -> torch.Tensor:
-        """uint8 frames [F, H, W, 3] -> normalised float32 latents [C, F', H', W']."""
+    def encode_video(self, frames: np.ndarray, seed: int = 0, encode: str | None = None) -> torch.Tensor:
+        """uint8 frames [F, H, W, 3] -> normalised float32 latents [C, F', H', W'] (`[latent] normalise`).
+
+        `encode` ("mode" or "sample") overrides `[latent] encode`, e.g. with a task condition's for its input."""
         self.plan.geometry.check(frames.shape[0], frames.shape[1], frames.shape[2])
         posterior = self.vae.encode(self.pixels_to_tensor(frames)).latent_dist
-        if self.plan.latent.encode == "mode":
+        if (encode or self.plan.latent.encode) == "mode":
             latents = posterior.mode()
         else:  # seeded per sample, so the cache does not depend on worker count or order
             generator = torch.Generator(device=self.device).manual_seed(seed)

@@ -79,3 +79,38 @@ def test_shape_ops_in_an_expression() -> None:
     assert length({"x": packed}) == 5
     flag = compile_expr("not training", {"training"}, ops)
     assert flag({"training": True}) is False and flag({"training": False}) is True
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    frames=st.integers(1, 4),
+    height=st.integers(1, 5),
+    width=st.integers(1, 5),
+    batch=st.integers(1, 2),
+    downscale=st.integers(1, 4),
+    fps=st.sampled_from([24.0, 25.0, 12.5]),
+)
+def test_pixel_boxes_spatial_scale_equals_the_reference_video_positions(
+    frames, height, width, batch, downscale, fps
+) -> None:
+    """LTX2InContextPipeline's reference positions: `prepare_video_coords` at the reference's own latent grid, then
+    rows and columns x reference_downscale_factor, time untouched (pipeline_ltx2_ic_lora.py:1449-1460)."""
+    rope = rope_module.LTX2AudioVideoRotaryPosEmbed(
+        dim=12, patch_size=1, patch_size_t=1, scale_factors=(8, 32, 32), causal_offset=1
+    )
+    theirs = rope.prepare_video_coords(batch, frames, height, width, torch.device("cpu"), fps=fps)
+    if downscale != 1:
+        theirs[:, 1, :, :] = theirs[:, 1, :, :] * downscale
+        theirs[:, 2, :, :] = theirs[:, 2, :, :] * downscale
+    geometry = Geometry(128, 32, 8, FrameRule(8, 1), 32)
+    ours = pixel_boxes(geometry, torch.zeros(batch, 1), frames, height, width, fps, spatial_scale=downscale)
+    assert torch.equal(ours, theirs)
+    # through an expression, as a task's call mapping writes it; the default scale is today's behaviour
+    expr = compile_expr(
+        "pixel_boxes(x, f, h, w, fps, spatial_scale=d)", {"x", "f", "h", "w", "fps", "d"}, op_table(geometry)
+    )
+    env = {"x": torch.zeros(batch, 1), "f": frames, "h": height, "w": width, "fps": fps, "d": downscale}
+    assert torch.equal(expr(env), theirs)
+    plain = pixel_boxes(geometry, torch.zeros(batch, 1), frames, height, width, fps)
+    assert torch.equal(plain[:, 0], ours[:, 0])  # time is never scaled
+    assert torch.equal(plain[:, 1:] * downscale, ours[:, 1:])

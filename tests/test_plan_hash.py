@@ -20,9 +20,9 @@ from conftest import SPECS
 # resolved spec; the shipped specs also set input_dtype and decode). Caches and checkpoints made before issue 11
 # must be rebuilt (`ltxc run preprocess --overwrite`). Spec path relative to specs/ -> plan hash.
 PINNED = {
-    "ltx-2.3.toml": "5c5aaf690e353aad87e73b5273a275890ae6d6bb2dc52bec2fd19e9089bb0701",
+    "ltx-2.3.toml": "8559a607d5e6209e1e52acb76276dd88b080d56d127fbd29b5df60083264eb49",
     "ltx.toml": "1600696e2ee7b588af2f2056d6a6459bd29c22c7a67cf0623969130c33aa764d",
-    "tiny/ltx-2.3.toml": "261c3245f199897bcf76c4d7476577dcae143fd431c84c1e52274a7c9beaf7e8",
+    "tiny/ltx-2.3.toml": "6c186aa8b0b12e5added9761bc0831f2249c6678fadb2d128f703960227d184c",
     "tiny/ltx.toml": "16270014d7bc70b283dda7df6ab67afcf9e0322892ae655af9f49fcbe93125ce",
     "tiny/wan-2.1.toml": "ff7f376fa87719d6e97f7b38be5f13866bf605597d6f1c088ee1c35dbc2cc8e5",
     "wan-2.1.toml": "fec381e876e32c3497400cded03804ca4dc52c8ca0611692e9a635865f95f794",

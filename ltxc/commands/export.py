@@ -12,7 +12,7 @@ def run_export(*, run_dir: Path, checkpoint: Path | None, out: Path | None, devi
     from ltxc.compiler import plan_from_json
     from ltxc.runner.checkpoint import latest_checkpoint, load_weights
     from ltxc.runner.distributed import init_distributed, shutdown
-    from ltxc.runner.export import export_trained
+    from ltxc.runner.export import export_trained, trained_tasks
     from ltxc.runner.model import build_model
     from ltxc.runner.run_dir import RunDir, read_record
 
@@ -28,7 +28,8 @@ def run_export(*, run_dir: Path, checkpoint: Path | None, out: Path | None, devi
         model, lora, _ = build_model(plan, config, info)
         meta = load_weights(source, model, trainable_only=config.train.mode == "lora")
         target = out or run.export_of(int(meta["step"]))
-        exports = export_trained(plan, model, lora, config.export, target, is_main=info.is_main)
+        tasks = trained_tasks(config)  # their lora_metadata goes into the LoRA files
+        exports = export_trained(plan, model, lora, config.export, target, is_main=info.is_main, tasks=tasks)
     finally:
         shutdown()
     if info.is_main:

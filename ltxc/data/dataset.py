@@ -16,6 +16,9 @@ from ltxc.errors import UserError
 
 TENSOR_KEYS = ("latents", "text_embeds", "text_mask")  # every cache holds these; a text stage may add text_<name>
 TEXT_PREFIX = "text_"
+# A cache of pairs (its header has `reference`) also holds each sample's reference video latents [C, F, H', W'];
+# `reference_shape` in the manifest says their shape, and the bucket key includes it.
+REFERENCE = "reference_latents"
 _RECORD_KEYS = ("id", "bucket", "file")
 
 
@@ -37,6 +40,8 @@ class CacheDataset(Dataset[dict[str, Any]]):
                 "rebuild it with `ltxc run preprocess --overwrite`"
             )
         self.header: dict[str, Any] = header
+        # {"column", "task", "condition", "downscale"} for a cache of IC-LoRA pairs, else None
+        self.reference: dict[str, Any] | None = header.get("reference")
         self._null_path = self.root / str(header.get("null_conditioning", NULL))
         # The journal disappears and the manifest appears only when preprocessing finalises: either sign
         # means a run was interrupted, and its samples are not all listed yet.
@@ -76,17 +81,17 @@ class CacheDataset(Dataset[dict[str, Any]]):
             tensors = load_file(path)
         except (OSError, SafetensorError) as exc:
             raise UserError(f"{path}: unreadable cached sample ({exc}); rebuild the cache") from None
-        lacking = [key for key in TENSOR_KEYS if key not in tensors]
+        lacking = [key for key in (*TENSOR_KEYS, *([REFERENCE] if self.reference else [])) if key not in tensors]
         if lacking:
             raise UserError(f"{path}: cached sample lacks {', '.join(lacking)}; rebuild the cache")
-        shape = record.get("latent_shape")
-        if shape is not None and list(tensors["latents"].shape) != list(shape):
-            raise UserError(
-                f"{path}: latents have shape {list(tensors['latents'].shape)}, the manifest says {shape}; "
-                "rebuild the cache"
-            )
+        for key, shape in (("latents", record.get("latent_shape")), (REFERENCE, record.get("reference_shape"))):
+            if shape is not None and key in tensors and list(tensors[key].shape) != list(shape):
+                raise UserError(
+                    f"{path}: {key} have shape {list(tensors[key].shape)}, the manifest says {shape}; rebuild the cache"
+                )
+        kept = (*TENSOR_KEYS, REFERENCE)
         return {
-            **{key: tensors[key] for key in tensors if key in TENSOR_KEYS or key.startswith(TEXT_PREFIX)},
+            **{key: tensors[key] for key in tensors if key in kept or key.startswith(TEXT_PREFIX)},
             "index": index,
             "id": record["id"],
             "fps": record.get("fps"),

@@ -4,6 +4,11 @@ A dataset is a folder. If it holds `metadata.jsonl` (or, failing that, `metadata
 the samples; otherwise every media file under the folder is a sample, captioned by a sidecar `.txt`
 (`clip.mp4.txt` first, so `a.png` and `a.jpg` can differ, then `clip.txt`). Nothing here opens the media:
 decoding problems are found later, by the processor.
+
+Pairs (IC-LoRA): a metadata file's `reference` column (`reference_key`) names each sample's reference video, a
+path relative to the metadata file as `path` is. A row that names one that is missing or not media is rejected
+here; a row that names none gives a sample without a reference (preprocessing decides whether that is allowed).
+A folder scan has no pairs: reference videos would be taken for samples.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class Sample:
     kind: Literal["video", "image"]
     caption: str
     caption_source: CaptionSource
+    reference: str = ""  # absolute path of the paired reference video (IC-LoRA); "" when none
+    reference_relpath: str = ""  # relative to the dataset root, as the manifest records it
 
 
 @frozen
@@ -61,6 +68,7 @@ def discover(
     path_key: str = "path",
     caption_key: str = "caption",
     missing_caption: MissingCaption = "skip",
+    reference_key: str = "reference",
 ) -> tuple[list[Sample], list[Rejected]]:
     """The samples under `root` (sorted by relpath) and everything rejected on the way."""
     root = Path(os.path.abspath(root))
@@ -76,14 +84,16 @@ def discover(
     if metadata is None:
         found, rejected = _scan(root, missing_caption)
     else:
-        found, rejected = _from_metadata(root, Path(metadata), path_key, caption_key, missing_caption)
+        keys = (path_key, caption_key, reference_key)
+        found, rejected = _from_metadata(root, Path(metadata), keys, missing_caption)
     return _with_ids(found), rejected
 
 
 # -- one media file -----------------------------------------------------------------------------------
 
 
-_Found = tuple[str, str, Literal["video", "image"], str, CaptionSource]  # path, relpath, kind, caption, source
+# path, relpath, kind, caption, caption source, reference path, reference relpath
+_Found = tuple[str, str, Literal["video", "image"], str, CaptionSource, str, str]
 
 
 def _kind(path: Path) -> Literal["video", "image"] | None:
@@ -171,7 +181,7 @@ def _scan(root: Path, policy: MissingCaption) -> tuple[list[_Found], list[Reject
             if resolved is None:
                 rejected.append(Rejected(rel, problem))
                 continue
-            found.append((str(path), rel, kind, *resolved))
+            found.append((str(path), rel, kind, *resolved, "", ""))
     return found, rejected
 
 
@@ -182,8 +192,9 @@ _Row = tuple[int, dict[str, Any] | None, str]  # line, entry (None when the line
 
 
 def _from_metadata(
-    root: Path, meta: Path, path_key: str, caption_key: str, policy: MissingCaption
+    root: Path, meta: Path, keys: tuple[str, str, str], policy: MissingCaption
 ) -> tuple[list[_Found], list[Rejected]]:
+    path_key, caption_key, reference_key = keys
     meta = Path(os.path.abspath(meta))
     if not meta.is_file():
         raise UserError(f"metadata file {meta} does not exist")
@@ -236,8 +247,27 @@ def _from_metadata(
         if resolved is None:
             rejected.append(Rejected(rel, f"{problem} ({where})"))
             continue
-        found.append((str(path), rel, kind, *resolved))
+        reference, reference_rel, problem = _reference(entry.get(reference_key), meta, root, where)
+        if problem:
+            rejected.append(Rejected(rel, problem))
+            continue
+        found.append((str(path), rel, kind, *resolved, reference, reference_rel))
     return found, rejected
+
+
+def _reference(value: Any, meta: Path, root: Path, where: str) -> tuple[str, str, str]:
+    """A row's reference video: (absolute path, relpath, "") or ("", "", why it is unusable); none named: all ""."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "", "", ""
+    if not isinstance(value, str):
+        return "", "", f"reference is not a path ({where})"
+    path = Path(os.path.abspath(meta.parent / value.strip()))
+    rel = _relpath(path, root)
+    if not path.is_file():
+        return "", "", f"reference not found: {rel} ({where})"
+    if _kind(path) is None:
+        return "", "", f"reference not a supported media file: {rel} ({path.suffix.lower() or 'no extension'}, {where})"
+    return str(path), rel, ""
 
 
 def _jsonl_rows(meta: Path) -> Iterator[_Row]:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Any
 
 import torch
-from attrs import frozen
 
 from ltxc.data.buckets import nearest_bucket, pick_frames
 from ltxc.data.cache import Cache
@@ -16,21 +14,10 @@ from ltxc.media.decode import read_frames
 from ltxc.media.errors import MediaError
 from ltxc.media.frames import FrameSelection, pad_selection
 from ltxc.media.probe import MediaInfo, probe
+from ltxc.preprocess.outcome import Outcome, Rejection, round_time
+from ltxc.preprocess.pairs import REFERENCE_TENSOR, Pairing, encode_reference, plan_reference
 from ltxc.preprocess.settings import PreprocessSettings
 from ltxc.processor import Processor
-
-
-@frozen
-class Outcome:
-    """What became of one sample: a manifest record or a rejection."""
-
-    sample_id: str
-    record: dict[str, Any] | None = None
-    rejected: dict[str, Any] | None = None
-
-
-class Rejection(Exception):
-    """A sample that cannot be used, with a short reason for `rejected.jsonl`."""
 
 
 def sample_seed(sample_id: str, seed: int) -> int:
@@ -71,11 +58,12 @@ def process(
     cache: Cache,
     spec_hash: str,
     text: dict[str, torch.Tensor] | None = None,
+    pairing: Pairing | None = None,
 ) -> Outcome:
     """Probe, choose frames and bucket, decode, encode and write one sample (`text`: its caption encoded ahead,
-    as `Processor.cache_text` returns it; else the processor encodes it here)."""
+    as `Processor.cache_text` returns it; else the processor encodes it here; `pairing`: its reference video too)."""
     try:
-        return Outcome(sample.id, record=_process(sample, settings, processor, cache, spec_hash, text))
+        return Outcome(sample.id, record=_process(sample, settings, processor, cache, spec_hash, text, pairing))
     except (Rejection, MediaError) as exc:
         return Outcome(sample.id, rejected={"id": sample.id, "source": sample.relpath, "reason": str(exc)})
 
@@ -87,11 +75,15 @@ def _process(
     cache: Cache,
     spec_hash: str,
     text: dict[str, torch.Tensor] | None,
+    pairing: Pairing | None,
 ) -> dict[str, Any]:
     info = probe(sample.path)
     geometry = processor.plan.geometry
     selection = plan_frames(info, settings, geometry.frame_rule.minimum)
     width, height = nearest_bucket(info.width, info.height, settings.resolutions)
+    count = len(selection.indices)
+    # a bad pair is rejected before anything is decoded
+    reference = None if pairing is None else plan_reference(sample, info, count, (width, height), settings, pairing)
     frames = read_frames(info, selection.indices, (width, height))
     if settings.tiles(width, height):
         processor.enable_tiling()
@@ -100,31 +92,31 @@ def _process(
     if text is None:
         text = processor.cache_text([sample.caption])
     tensors = {"latents": latents, **{f"text_{name}": tensor[0] for name, tensor in text.items()}}
+    bucket, paired = f"{width}x{height}x{count}", {}
+    if reference is not None and pairing is not None:
+        reference_seed = sample_seed(f"{sample.id}/reference", settings.seed)
+        tensors[REFERENCE_TENSOR], paired = encode_reference(reference, processor, pairing, reference_seed)
+        bucket += "+ref{}x{}".format(*reference.size)  # pairs batch only with pairs of the same reference shape
     file = cache.write_sample(sample.id, tensors, {"id": sample.id, "spec_hash": spec_hash})
-    count = len(selection.indices)
     return {
         "id": sample.id,
         "source": sample.relpath,
         "kind": sample.kind,
         "caption": sample.caption,
         "caption_source": sample.caption_source,
-        "source_fps": _round(info.avg_fps),
+        "source_fps": round_time(info.avg_fps),
         "source_size": [info.width, info.height],
         "rotation": info.rotation,
         "fps": settings.fps if info.kind == "video" else None,
         "frames": count,
-        "frame_times": [_round(t) for t in selection.times],
+        "frame_times": [round_time(t) for t in selection.times],
         "source_frames": list(selection.indices),
-        "source_times": [_round(t) for t in selection.source_times],
+        "source_times": [round_time(t) for t in selection.source_times],
         "repeated": selection.repeated,
         "padded": selection.padded,
         "pixel_shape": [count, height, width],
         "latent_shape": list(latents.shape),
-        "bucket": f"{width}x{height}x{count}",
+        **paired,
+        "bucket": bucket,
         "file": file,
     }
-
-
-def _round(value: float) -> float:
-    # 6 decimals: microsecond timestamps, and byte-stable JSON across platforms
-    return 0.0 if math.isclose(value, 0.0, abs_tol=5e-7) else round(value, 6)

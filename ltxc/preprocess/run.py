@@ -22,6 +22,7 @@ from ltxc.data.cache import CACHE_FORMAT, Cache
 from ltxc.data.discover import Sample, discover
 from ltxc.plan import Plan
 from ltxc.preprocess.job import Outcome, process
+from ltxc.preprocess.pairs import REFERENCE_KEY, REFERENCE_TENSOR, Pairing, check_sizes, describe_pairs, pairing_for
 from ltxc.preprocess.settings import PreprocessSettings
 from ltxc.preprocess.staging import clear_staging, is_staged, stage_text, staged_text, unstage
 from ltxc.processor import Processor
@@ -40,11 +41,13 @@ class Report:
     padded_clips: int
     seconds: float
     peak: str = ""  # this process's (and its workers') peak memory, as the report prints it
+    pairs: str = ""  # what became of the dataset's reference column ("" when it has none)
 
 
-def cache_header(plan: Plan, settings: PreprocessSettings) -> dict[str, Any]:
-    """`cache.json`: what a reader needs to trust (or refuse) this cache."""
-    return {
+def cache_header(plan: Plan, settings: PreprocessSettings, pairing: Pairing | None = None) -> dict[str, Any]:
+    """`cache.json`: what a reader needs to trust (or refuse) this cache. A cache of pairs says so in `reference`
+    (absent otherwise, so a cache without pairs reads as it always has)."""
+    header: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "spec": {"name": plan.name, "hash": plan.hash},
         "settings": settings.to_json(),
@@ -54,6 +57,10 @@ def cache_header(plan: Plan, settings: PreprocessSettings) -> dict[str, Any]:
             **{f"text_{name}": f"text conditioning {name!r} [L, ...]" for name in plan.text_names},
         },
     }
+    if pairing is not None:
+        header["reference"] = pairing.to_json()
+        header["tensors"][REFERENCE_TENSOR] = "reference video latents [C, F, H / d, W / d], normalised, float32"
+    return header
 
 
 def _rank_world() -> tuple[int, int]:
@@ -80,27 +87,37 @@ def preprocess(
     metadata: Path | None = None,
     path_key: str = "path",
     caption_key: str = "caption",
+    reference_key: str = REFERENCE_KEY,
     workers: int = 1,
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
 ) -> Report:
-    """Preprocess `data` into `cache_dir`; resumable; deterministic whatever the worker or rank count."""
+    """Preprocess `data` into `cache_dir`; resumable; deterministic whatever the worker or rank count. With a
+    reference column and a task that appends a video, each sample's reference is cached beside it (`pairs.py`)."""
     began = time.monotonic()
     rank, world = _rank_world()
     samples, discovery_rejects = discover(
-        data, metadata=metadata, path_key=path_key, caption_key=caption_key, missing_caption=settings.missing_caption
+        data,
+        metadata=metadata,
+        path_key=path_key,
+        caption_key=caption_key,
+        missing_caption=settings.missing_caption,
+        reference_key=reference_key,
     )
+    pairing = pairing_for(plan, samples, reference_key)
+    if pairing is not None:
+        check_sizes(pairing, settings, plan.geometry)
     cache = Cache(cache_dir)
     if rank == 0:
-        cache.open(cache_header(plan, settings), overwrite=overwrite)
+        cache.open(cache_header(plan, settings, pairing), overwrite=overwrite)
         cache.clear_rejected_journals()
     _barrier(world)
     done = cache.records()
     mine = [s for s in samples[rank::world] if s.id not in done]
     if rank == 0 and not (cache.root / "null.safetensors").exists():
         _write_null(plan, cache, device)
-    _cache_samples(plan, mine, settings, cache, f"rank{rank}", workers, device, progress)
+    _cache_samples(plan, mine, settings, pairing, cache, f"rank{rank}", (workers, device), progress)
     _barrier(world)
     rejected = [{"source": r.source, "reason": r.reason} for r in discovery_rejects]
     if rank == 0:
@@ -120,6 +137,7 @@ def preprocess(
         padded_clips=sum(1 for r in manifest if r.get("padded")),
         seconds=time.monotonic() - began,
         peak=peak_memory(device),
+        pairs=describe_pairs(plan, samples, pairing, reference_key),
     )
 
 
@@ -138,16 +156,16 @@ def _cache_samples(
     plan: Plan,
     samples: Sequence[Sample],
     settings: PreprocessSettings,
+    pairing: Pairing | None,
     cache: Cache,
     writer: str,
-    workers: int,
-    device: str,
+    workers_device: tuple[int, str],
     progress: bool,
 ) -> None:
     """Encode this rank's samples, appending each record (or rejection) to its journal as it comes."""
     bar = tqdm(total=len(samples), unit="clip", desc="preprocess", disable=not progress or None, file=sys.stderr)
     cached_now = 0
-    for outcome in _outcomes(plan, samples, settings, cache, workers, device):
+    for outcome in _outcomes(plan, samples, settings, pairing, cache, *workers_device):
         if outcome.record is not None:
             cache.append(writer, outcome.record)
             cached_now += 1
@@ -160,10 +178,16 @@ def _cache_samples(
 
 
 def _outcomes(
-    plan: Plan, samples: Sequence[Sample], settings: PreprocessSettings, cache: Cache, workers: int, device: str
+    plan: Plan,
+    samples: Sequence[Sample],
+    settings: PreprocessSettings,
+    pairing: Pairing | None,
+    cache: Cache,
+    workers: int,
+    device: str,
 ) -> Iterator[Outcome]:
     """Two passes, one large component at a time: every caption through the text encoder (staged), which is
-    then freed; then every video through the VAE, each record written with its staged caption."""
+    then freed; then every video (and its reference) through the VAE, each record written with its staged caption."""
     if not samples:
         return
     if workers <= 1:
@@ -175,8 +199,8 @@ def _outcomes(
                 _stage(processor, cache, sample)
             processor.free_text()
             for sample in samples:
-                yield _finish(process(sample, settings, processor, cache, plan.hash, staged_text(cache, sample.id)),
-                              cache)  # fmt: skip
+                text = staged_text(cache, sample.id)
+                yield _finish(process(sample, settings, processor, cache, plan.hash, text, pairing), cache)
             processor.free_vae()
         finally:
             torch.set_num_threads(previous)
@@ -194,7 +218,7 @@ def _outcomes(
                 for future in as_completed([pool.submit(_work_text, sample) for sample in samples]):
                     future.result()
                 continue
-            futures = [pool.submit(_work, sample, settings) for sample in samples]
+            futures = [pool.submit(_work, sample, settings, pairing) for sample in samples]
             for future in as_completed(futures):
                 yield _finish(future.result(), cache)
 
@@ -245,9 +269,10 @@ def _work_text(sample: Sample) -> None:
     _stage(_WORKER["processor"], _WORKER["cache"], sample)
 
 
-def _work(sample: Sample, settings: PreprocessSettings) -> Outcome:
+def _work(sample: Sample, settings: PreprocessSettings, pairing: Pairing | None) -> Outcome:
     cache = _WORKER["cache"]
-    return process(sample, settings, _WORKER["processor"], cache, _WORKER["plan"].hash, staged_text(cache, sample.id))
+    text = staged_text(cache, sample.id)
+    return process(sample, settings, _WORKER["processor"], cache, _WORKER["plan"].hash, text, pairing)
 
 
 _LINE_REF = re.compile(r"\s*\([^)]*\bline\b[^)]*\)")
@@ -274,6 +299,8 @@ def format_report(report: Report, cache_dir: Path) -> str:
         lines.append(
             f"note       {report.padded_clips} clip(s) padded by repeating the last frame (--frames-policy pad)"
         )
+    if report.pairs:
+        lines.append(f"pairs      {report.pairs}")
     lines.append(f"seconds    {report.seconds:.1f}")
     if report.peak:
         lines.append(f"peak       {report.peak} (text encoder and VAE loaded one at a time)")

@@ -7,6 +7,10 @@ ComfyUI: the "generic" format its LoRA loader accepts for any diffusion model (c
 `model_lora_keys_unet` maps "diffusion_model.<module>" to the model's weight; comfy/weight_adapter/lora.py
 reads "<key>.lora_B.weight" / "<key>.lora_A.weight" and "<key>.alpha", and scales B·A by alpha / rank).
 The module names are the diffusers model's own; with a 0-d alpha per module the scale is exact.
+
+Task metadata: a run that trains a spec task with `lora_metadata` (an IC-LoRA's `reference_downscale_factor`)
+writes those keys, evaluated with the task's appended condition, into both files' safetensors metadata, where
+diffusers' and ComfyUI's users (and the model's own pipelines) read them.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ltxc.components import DTYPES, resolve_class
@@ -44,8 +50,11 @@ def export_lora(
     diffusers_format: bool = True,
     comfyui: bool = True,
     comfyui_names: Mapping[str, str] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """Write the LoRA in the formats asked for; return {"diffusers": path, "comfyui": path}."""
+    """Write the LoRA in the formats asked for; return {"diffusers": path, "comfyui": path}. `metadata`: extra
+    safetensors metadata for both files (see `task_metadata`)."""
+    extra = dict(metadata or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().to("cpu").contiguous() for key, value in lora_state.items()}
@@ -63,14 +72,73 @@ def export_lora(
         # diffusers writes straight into the directory: write into a temp one, then move the file in whole
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".lora-") as tmp:
             pipeline.save_lora_weights(tmp, transformer_lora_layers=state, transformer_lora_adapter_metadata=metadata)
+            if extra:
+                _add_metadata(Path(tmp) / DIFFUSERS_LORA, extra)
             os.replace(Path(tmp) / DIFFUSERS_LORA, out_dir / DIFFUSERS_LORA)
         written["diffusers"] = out_dir / DIFFUSERS_LORA
     if comfyui:
         comfy = to_comfyui(state, config, comfyui_names)
         rank = int(next(v for k, v in state.items() if k.endswith(".lora_A.weight")).shape[0])
-        info = {"format": "pt", "ss_network_dim": str(rank), "ss_network_alpha": str(config.lora_alpha)}
+        info = {"format": "pt", "ss_network_dim": str(rank), "ss_network_alpha": str(config.lora_alpha), **extra}
         written["comfyui"] = atomic_write(out_dir / COMFYUI_LORA, lambda tmp: save_file(comfy, tmp, metadata=info))
     return written
+
+
+def _add_metadata(path: Path, extra: Mapping[str, str]) -> None:
+    """Rewrite a safetensors file with `extra` added to its metadata (a key it already has is an error)."""
+    with safe_open(path, framework="pt") as handle:
+        header = dict(handle.metadata() or {})
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a handle, not a dict)
+    clash = sorted(set(header) & set(extra))
+    if clash:
+        raise ValueError(
+            f"{path.name} already has metadata {', '.join(clash)}; a task's lora_metadata cannot replace it"
+        )
+    save_file(tensors, path, metadata={**header, **extra})
+
+
+def trained_tasks(config: Any) -> tuple[str, ...]:
+    """The spec tasks a run config trains: `[tasks.<name>]` with a probability above 0 (none for a config without
+    a tasks section)."""
+    tasks = getattr(config, "tasks", None) or {}
+    trained = []
+    for name, section in tasks.items():
+        probability = (
+            section.get("probability", 0) if isinstance(section, Mapping) else getattr(section, "probability", 0)
+        )
+        if probability and probability > 0:
+            trained.append(name)
+    return tuple(sorted(trained))
+
+
+def task_metadata(plan: Plan, tasks: Iterable[str]) -> dict[str, str]:
+    """The `lora_metadata` of the trained `tasks` the plan has, evaluated (reference.downscale: the task's appended
+    condition's, else 1), as safetensors metadata strings; two tasks may not give one key different values."""
+    out: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for name in tasks:
+        task = plan.tasks.get(name)
+        if task is None:
+            continue
+        appended = next((c for c in task.conditions.values() if c.place == "append"), None)
+        env = {"reference.downscale": appended.downscale if appended is not None else 1}
+        for key, expr in task.lora_metadata.items():
+            value = _metadata_text(expr(env))
+            if key in out and out[key] != value:
+                raise ValueError(
+                    f"tasks {owner[key]!r} and {name!r} write LoRA metadata {key!r} as {out[key]!r} and {value!r}"
+                )
+            out[key], owner[key] = value, name
+    return out
+
+
+def _metadata_text(value: Any) -> str:
+    """A metadata value as text: integers as integers ("2", never "2.0": readers parse them with int())."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def rename_parts(name: str, renames: Mapping[str, str]) -> str:
@@ -183,15 +251,23 @@ def export_full(
 
 
 def export_trained(
-    plan: Plan, model: torch.nn.Module, lora: LoraConfig | None, export: ExportSection, out: Path, *, is_main: bool
+    plan: Plan,
+    model: torch.nn.Module,
+    lora: LoraConfig | None,
+    export: ExportSection,
+    out: Path,
+    *,
+    is_main: bool,
+    tasks: Iterable[str] = (),
 ) -> dict[str, str]:
     """The exports `export` asks for under `out` (a run's `export/`); every rank calls it (gathering is collective).
 
-    `lora` is the LoRA config, or None for a full fine-tune; only the main rank writes files.
+    `lora` is the LoRA config, or None for a full fine-tune; only the main rank writes files. `tasks`: the spec tasks
+    the run trained (`trained_tasks(config)`), whose `lora_metadata` the LoRA files carry.
     """
     written: dict[str, Path] = {}
     if lora is not None:
-        written = _export_lora(plan, model, lora, export, out, is_main=is_main)
+        written = _export_lora(plan, model, lora, export, out, is_main=is_main, tasks=tuple(tasks))
     elif export.full:
         state = _full_state_dict(model)
         if is_main:
@@ -203,7 +279,14 @@ def export_trained(
 
 
 def _export_lora(
-    plan: Plan, model: torch.nn.Module, lora: LoraConfig, export: ExportSection, out: Path, *, is_main: bool
+    plan: Plan,
+    model: torch.nn.Module,
+    lora: LoraConfig,
+    export: ExportSection,
+    out: Path,
+    *,
+    is_main: bool,
+    tasks: tuple[str, ...] = (),
 ) -> dict[str, Path]:
     """The LoRA for diffusers (when the plan names a reference pipeline) and for ComfyUI, as `export` asks."""
     state = lora_state_dict(model)  # collective under FSDP2: every rank gathers
@@ -219,6 +302,7 @@ def _export_lora(
         diffusers_format=export.lora_diffusers and plan.reference is not None,
         comfyui=export.lora_comfyui,
         comfyui_names=plan.lora.comfyui_names,
+        metadata=task_metadata(plan, tasks),
     )
     return {f"lora_{kind}": path for kind, path in paths.items()}
 

@@ -20,7 +20,7 @@ from ltxc.runner.checkpoint import read_meta, save_checkpoint
 from ltxc.runner.config import RunConfig
 from ltxc.runner.data import load_data, total_steps
 from ltxc.runner.distributed import Distributed, init_distributed
-from ltxc.runner.export import export_trained
+from ltxc.runner.export import export_trained, trained_tasks
 from ltxc.runner.fused_step import FusedStep
 from ltxc.runner.metrics import MetricsLogger, peak_memory_mb, plot_loss_curve
 from ltxc.runner.model import build_model
@@ -108,7 +108,7 @@ def _train(plan: Plan, config: RunConfig, device: str | None, stop_after: int | 
     if end > start:
         checkpoint = _save(t, run, end, meta)
     exports = (
-        export_trained(plan, model, lora, config.export, run.export, is_main=info.is_main)
+        export_trained(plan, model, lora, config.export, run.export, is_main=info.is_main, tasks=trained_tasks(config))
         if end == total > start
         else {}
     )
