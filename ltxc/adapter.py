@@ -120,9 +120,14 @@ class Adapter:
         """A stream's per-sample noise shape when it is sampled jointly."""
         return [int(n) for n in self.plan.streams[name].noise(env)]
 
-    def model_kwargs(self, env: Mapping[str, Any], overrides: Mapping[str, Expr] | None = None) -> dict[str, Any]:
-        """Evaluate the call mapping (with a perturbation's overrides, if any)."""
-        calls = {**self.plan.call, **(overrides or {})}
+    def model_kwargs(
+        self,
+        env: Mapping[str, Any],
+        overrides: Mapping[str, Expr] | None = None,
+        call: Mapping[str, Expr] | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate the call mapping (`call`, e.g. a task's, else the spec's; with a perturbation's overrides)."""
+        calls = {**(self.plan.call if call is None else call), **(overrides or {})}
         return {key: expr(env) for key, expr in calls.items()}
 
     def outputs(
@@ -130,9 +135,10 @@ class Adapter:
         transformer: torch.nn.Module,
         env: Mapping[str, Any],
         overrides: Mapping[str, Expr] | None = None,
+        call: Mapping[str, Expr] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the transformer: (video prediction float32 [B, C, F, H, W], {stream: prediction float32})."""
-        video, streams = self.raw_outputs(transformer, env, overrides)
+        video, streams = self.raw_outputs(transformer, env, overrides, call)
         f, h, w = env["latent.frames"], env["latent.height"], env["latent.width"]
         streams = {name: value.to(torch.float32) for name, value in streams.items()}
         return self.geometry.unpack(video, f, h, w).to(torch.float32), streams
@@ -142,9 +148,16 @@ class Adapter:
         transformer: torch.nn.Module,
         env: Mapping[str, Any],
         overrides: Mapping[str, Expr] | None = None,
+        call: Mapping[str, Expr] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run the transformer: its predictions as it returns them (layout and dtype), the video's and each stream's."""
-        result = transformer(**self.model_kwargs(env, overrides), return_dict=False)
+        return self.run(transformer, self.model_kwargs(env, overrides, call))
+
+    def run(
+        self, transformer: torch.nn.Module, kwargs: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The transformer on evaluated keyword arguments: (video prediction, {stream: prediction}), as returned."""
+        result = transformer(**kwargs, return_dict=False)
         return result[self.plan.transformer_output], {name: result[s.output] for name, s in self.plan.streams.items()}
 
     def predict(

@@ -196,6 +196,12 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--plan", type=Path, help="plan.json (default: the checkpoint's run, .ltxc/plan.json, embedded)")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--compare-cache", type=Path, help="print the latent distance to each cached sample (demo)")
+    p.add_argument(
+        "--image",
+        type=Path,
+        help="image-to-video: a still (PNG, JPEG, ...) or a video whose first frame becomes the first frame, resized "
+        "to cover the generation size and centre-cropped (the spec's task that takes an image)",
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -218,6 +224,7 @@ def _generate(args: argparse.Namespace) -> int:
         plan_path=args.plan,
         device=args.device,
         compare_cache=args.compare_cache,
+        image=args.image,
     )
 
 
@@ -253,6 +260,11 @@ def _add_verify(commands: argparse._SubParsersAction) -> None:
         "runs in float32), so every family verifies at its real precision with one flag (default: the spec's "
         "own dtypes)",
     )
+    p.add_argument(
+        "--task",
+        help="verify a conditioned task of the spec (a [tasks.<name>] entry) against its reference pipeline, both "
+        "given the same synthetic condition input (default: text-to-video)",
+    )
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -273,6 +285,7 @@ def _verify(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         device=args.device,
         dtype=args.dtype,
+        task=args.task,
     )
 
 

@@ -8,7 +8,7 @@ model's dtype (`[sampler] guidance_dtype`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,9 +16,15 @@ from attrs import frozen
 from torch import Tensor
 
 from ltxc.adapter import Adapter
+from ltxc.conditions import TokenConditions
 from ltxc.plan import VIDEO, Plan
+from ltxc.spec.expr import Expr
 
 Text = dict[str, Tensor]
+# Called with (the roles of a pass's batch, in order; the transformer's evaluated keyword arguments) before it runs.
+InputRecorder = Callable[[tuple[str, ...], Mapping[str, Any]], None]
+# The call names that carry a step's noise level: a keyword whose expression reads one is traced as `input.<keyword>`.
+NOISE_LEVEL = frozenset({"sigma", "timestep"})
 
 
 class Guide:
@@ -87,6 +93,9 @@ class Step:
     fps: float
     dtype: torch.dtype
     grid: tuple[int, int, int]  # the video's latent frames, height, width
+    conditions: TokenConditions | None = None  # a task's conditioned tokens (none: text-to-video)
+    call: Mapping[str, Expr] | None = None  # the call mapping (a task's), else the spec's
+    record: InputRecorder | None = None  # sees each pass's keyword arguments (verify's trace)
 
     def predictions(
         self, passes: list[tuple[tuple[str, ...], Text]], text: Text, guide: Guide, guidance_dtype: str
@@ -97,16 +106,16 @@ class Step:
         """
         roles: dict[str, dict[str, Tensor]] = {}
         for names, pass_text in passes:
-            out = self.run(pass_text, len(names))
+            out = self.run(pass_text, len(names), roles=names)
             for k, role in enumerate(names):
                 roles[role] = {n: v.chunk(len(names))[k] if len(names) > 1 else v for n, v in out.items()}
         # each perturbation: the positive prompt once more, with its call overrides
-        roles.update({term.name: self.run(text, 1, term.call) for term in guide.active_terms})
+        roles.update({term.name: self.run(text, 1, term.call, (term.name,)) for term in guide.active_terms})
         if guidance_dtype == "float32":
             roles = {role: {n: v.float() for n, v in values.items()} for role, values in roles.items()}
         return roles
 
-    def run(self, text: Text, copies: int, overrides: Any = None) -> dict[str, Tensor]:
+    def run(self, text: Text, copies: int, overrides: Any = None, roles: tuple[str, ...] = ()) -> dict[str, Tensor]:
         """One pass on `copies` stacked copies of the current latents (text already stacked to match)."""
         # a batch of copies is a contiguous `cat` of the packed latents; one copy is the latents as they are
         inputs = {name: torch.cat([x] * copies) if copies > 1 else x for name, x in self.current.items()}
@@ -122,8 +131,12 @@ class Step:
             training=False,
             compute_dtype=self.dtype,
             grid=self.grid,
+            conditions=self.conditions,  # repeated to the pass's batch as `cat`s, as the pipelines repeat the mask
         )
-        video, others = self.adapter.raw_outputs(self.transformer, env, overrides)
+        kwargs = self.adapter.model_kwargs(env, overrides, self.call)
+        if self.record is not None:
+            self.record(roles, kwargs)
+        video, others = self.adapter.run(self.transformer, kwargs)
         return {VIDEO: video, **{name: others[name] for name in inputs}}
 
 
@@ -132,3 +145,23 @@ def _rescale(guided: Tensor, cond: Tensor, factor: float) -> Tensor:
     dims = list(range(1, cond.ndim))
     rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
     return factor * rescaled + (1 - factor) * guided
+
+
+def noise_level_keywords(call: Mapping[str, Expr]) -> list[str]:
+    """The transformer keywords whose call expression reads the step's noise level (σ or the timestep), in order."""
+    return [key for key, expr in call.items() if expr.names & NOISE_LEVEL]
+
+
+def input_recorder(trace: Callable[[str, Tensor], None], keywords: Sequence[str]) -> InputRecorder:
+    """Trace each pass's noise-level inputs as `input.<keyword>.<role>` (a batched pass split by role)."""
+
+    def record(roles: tuple[str, ...], kwargs: Mapping[str, Any]) -> None:
+        for key in keywords:
+            value = kwargs.get(key)
+            if not torch.is_tensor(value):
+                continue
+            split = len(roles) > 1 and value.ndim > 0 and value.shape[0] % len(roles) == 0
+            for role, part in zip(roles, value.chunk(len(roles)) if split else [value] * len(roles), strict=True):
+                trace(f"input.{key}.{role}", part)
+
+    return record

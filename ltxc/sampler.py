@@ -6,33 +6,42 @@ and kept in the transformer's layout from then on (packed once, unpacked once be
 batch is a contiguous `cat` of packed latents and a batch-1 pass a strided view, as in the pipelines); the
 scheduler gets the spec's σ rule and shift; CFG runs batched or as separate passes in the spec's order, guided
 in float32 or the model's dtype; the decode runs the spec's ordered steps, its noise drawn from the same
-generator after the initial noise.
+generator after the initial noise (`latent_decode`). An image conditions the run with the spec's task that takes one
+(`[tasks.<name>]`): its clean latents are encoded and mixed in before the first step and kept through every step
+(`condition_sampling`), through the task's call mapping.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from attrs import frozen
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 from tqdm import tqdm
 
 from ltxc.adapter import Adapter
 from ltxc.components import module_dtype
+from ltxc.condition_sampling import (
+    SamplingConditions,
+    advance,
+    check_image,
+    check_task,
+    condition_for,
+    encode_images,
+    start_latents,
+)
 from ltxc.errors import UserError
-from ltxc.flow import resolution_mu
 from ltxc.geometry import LatentShape
-from ltxc.guidance import Guide, Step, Text, cfg_passes
+from ltxc.guidance import Guide, Step, Text, cfg_passes, input_recorder, noise_level_keywords
+from ltxc.initial_noise import stream_noise, video_noise
+from ltxc.latent_decode import decode_latents
 from ltxc.plan import VIDEO, Plan
 from ltxc.processor import Processor
-from ltxc.spec.types import ResolutionShiftSpec
+from ltxc.schedule import set_schedule
 
 # Called with (stage name, tensor) at each stage of one sampler call, when given (see `Sampler.__call__`).
 Trace = Callable[[str, Tensor], None]
@@ -53,6 +62,7 @@ class Generation:
     fps: float
     steps: int
     guidance: float
+    task: str | None = None  # the conditioned task that ran (e.g. the one taking an image), None for text-to-video
 
 
 @frozen
@@ -136,13 +146,21 @@ class Sampler:
         decode: bool = True,
         progress: bool = False,
         trace: Trace | None = None,
+        image: Tensor | None = None,
+        task: str | None = None,
     ) -> Generation:
         """Generate one video per prompt; every unset argument comes from the spec's `[sampler]`.
 
+        `image`: pixels [B or 1, 3, H, W] float32 in [-1, 1] at the generation size (a still, or a video's first
+        frame; `condition_sampling.image_pixels` makes them from uint8 RGB): the run is the spec's task that takes
+        an image (`task` names it when several do), its condition's tokens clean at every step.
+
         `trace` (else the constructor's) is called with each stage's tensor: `text.<name>` and
-        `negative_text.<name>` (as the transformer gets them), `sigmas`, `timesteps`, `noise.<stream>`, at the first
-        step `prediction.<stream>.<role>` (role: uncond, cond or a perturbation's name; float32) and
-        `step1.<stream>`, then `final.<stream>` and `frames`; latents in the transformer's layout.
+        `negative_text.<name>` (as the transformer gets them), `sigmas`, `timesteps`, `noise.<stream>` (the initial
+        latents: the noise, with a task's clean tokens in place), at the first step `input.<keyword>.<role>` (each
+        keyword whose call expression reads σ or the timestep, as the transformer gets it),
+        `prediction.<stream>.<role>` (role: uncond, cond or a perturbation's name; float32) and `step1.<stream>`,
+        then `final.<stream>` and `frames`; latents in the transformer's layout (the target's tokens only in `final`).
         """
         prompts = _prompt_list(prompts)
         run = self._resolve(negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale)
@@ -154,12 +172,13 @@ class Sampler:
                 for name, value in tensors.items():
                     trace(f"{prefix}.{name}", value.to(dtype) if value.is_floating_point() else value)
         generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
-        noise = self._video_noise(len(prompts), run.shape, generator)
+        latents, conditions = self._start(len(prompts), run, image, task, dtype, generator)
         timesteps, sigmas = self._schedule(run.steps, run.shape)
-        latents = {VIDEO: self.plan.geometry.pack(noise)}  # the transformer's layout until the decode
-        latents.update(self._stream_noise(latents[VIDEO], run.shape, sigmas, text, run.fps, generator))
+        latents.update(stream_noise(self.adapter, latents[VIDEO], run.shape, sigmas, text, run.fps, generator))
         _emit(trace, {"sigmas": sigmas, "timesteps": timesteps, **_named("noise", latents)})
-        final = self._denoise(latents, text, negative, timesteps, sigmas, run, dtype, progress, trace)
+        final = self._denoise(latents, text, negative, timesteps, sigmas, run, dtype, progress, trace, conditions)
+        if conditions is not None:
+            final[VIDEO] = conditions.target(final[VIDEO])
         _emit(trace, _named("final", final))
         grid = self.plan.geometry.unpack(final[VIDEO], run.shape.frames, run.shape.height, run.shape.width)
         video = self._decode(grid, generator) if decode else None
@@ -177,6 +196,7 @@ class Sampler:
             fps=run.fps,
             steps=run.steps,
             guidance=run.guidance,
+            task=None if conditions is None else conditions.task.name,
         )
 
     def _resolve(
@@ -229,33 +249,31 @@ class Sampler:
             return self.role_dtypes[role]
         return module_dtype(self.transformer if role == self.plan.transformer_role else self.components[role])
 
-    def _video_noise(self, batch: int, shape: LatentShape, generator: torch.Generator) -> Tensor:
-        """The video's initial noise [B, C, F', H', W'], the first draw from the generator."""
-        size = (batch, shape.channels, shape.frames, shape.height, shape.width)
-        return randn_tensor(size, generator=generator, device=self.device, dtype=torch.float32)
-
-    def _stream_noise(
+    def _start(
         self,
-        latents: Tensor,
-        shape: LatentShape,
-        sigmas: Tensor,
-        text: Mapping[str, Tensor],
-        fps: float,
+        batch: int,
+        run: _Run,
+        image: Tensor | None,
+        task: str | None,
+        dtype: torch.dtype,
         generator: torch.Generator,
-    ) -> dict[str, Tensor]:
-        """The initial noise of every jointly sampled stream (e.g. audio), drawn in name order, packed."""
-        batch = latents.shape[0]
-        grid = (shape.frames, shape.height, shape.width)
-        probe = self.adapter.environment(latents, sigmas[:1].expand(batch), text, fps, training=False, grid=grid)
-        streams: dict[str, Tensor] = {}
-        for name in sorted(self.plan.streams):
-            stream = self.plan.streams[name]
-            if stream.sample != "joint":
-                continue
-            noise_shape = (batch, *self.adapter.noise_shape(name, probe))
-            noise = randn_tensor(noise_shape, generator=generator, device=self.device, dtype=torch.float32)
-            streams[name] = stream.pack({"x": noise})
-        return streams
+    ) -> tuple[dict[str, Tensor], SamplingConditions | None]:
+        """The video's initial latents in the transformer's layout (a task's clean tokens in place) and the task's
+        conditions (None for text-to-video). An image is encoded before the noise is drawn, as the pipelines do."""
+        if image is None:
+            if task is not None:
+                raise UserError(f"task {task!r} conditions on an input: give an image")
+            return {VIDEO: self.plan.geometry.pack(video_noise(batch, run.shape, generator, self.device))}, None
+        chosen = self.plan.task(task) if task is not None else self.plan.task_for("image")
+        check_task(chosen, {"image": image}, self.plan.geometry.layout)
+        check_image(image, batch, run.height, run.width)
+        condition = condition_for(chosen, "image")
+        latents = encode_images(self.processor.vae, image, dtype, condition.encode, generator)
+        # the condition's own normaliser: the pipelines normalise the image without the VAE's scaling factor
+        clean = {condition.name: self.plan.normaliser(self.components, spec=condition.normalise).normalise(latents)}
+        noise = video_noise(batch, run.shape, generator, self.device)
+        packed, conditions = start_latents(self.plan.geometry, chosen, clean, noise)
+        return {VIDEO: packed}, conditions
 
     def _denoise(
         self,
@@ -268,6 +286,7 @@ class Sampler:
         dtype: torch.dtype,
         progress: bool,
         trace: Trace | None,
+        conditions: SamplingConditions | None = None,
     ) -> dict[str, Tensor]:
         """The denoising loop over the video and the joint streams (transformer layout); their final latents."""
         # each joint stream is stepped by its own copy of the scheduler, as the reference pipelines do
@@ -276,23 +295,28 @@ class Sampler:
         guide = Guide(self.plan, run.guidance, run.rescale, run.cfg)
         passes = cfg_passes(text, negative, self.settings.cfg, self.settings.cfg_order)
         grid = (run.shape.frames, run.shape.height, run.shape.width)
+        call = self.plan.call if conditions is None else conditions.call
+        tokens = None if conditions is None else conditions.tokens
         was_training = transformer.training
         transformer.eval()  # a live training model may come in training mode; it goes back to it below
         bar = tqdm(total=len(timesteps), desc="sample", unit="step", file=sys.stderr, disable=not progress)
         try:
             for i, t in enumerate(timesteps):
-                step = Step(self.adapter, transformer, latents, sigmas[i], t, run.fps, dtype, grid)
+                record = input_recorder(trace, noise_level_keywords(call)) if trace is not None and i == 0 else None
+                step = Step(self.adapter, transformer, latents, sigmas[i], t, run.fps, dtype, grid,
+                            conditions=tokens, call=call, record=record)  # fmt: skip
                 predictions = step.predictions(passes, text, guide, self.settings.guidance_dtype)
                 if trace is not None and i == 0:
                     for role, values in predictions.items():
                         _emit(trace, {f"prediction.{n}.{role}": v.float() for n, v in values.items()})
                 latents = {  # the video first, then the streams in name order
-                    name: schedulers[name].step(
-                        guide.combine({role: p[name] for role, p in predictions.items()}, x, sigmas[i], name),
+                    name: advance(
+                        schedulers[name],
                         t,
+                        guide.combine({role: p[name] for role, p in predictions.items()}, x, sigmas[i], name),
                         x,
-                        return_dict=False,
-                    )[0]
+                        conditions if name == VIDEO else None,
+                    )
                     for name, x in latents.items()
                 }
                 if i == 0:
@@ -310,51 +334,11 @@ class Sampler:
 
     def _schedule(self, steps: int, shape: LatentShape) -> tuple[Tensor, Tensor]:
         """Set the scheduler's timesteps with the spec's σ rule and shift; return (timesteps, σ)."""
-        s, scheduler = self.settings, self.scheduler
-        accepted = inspect.signature(scheduler.set_timesteps).parameters
-        kwargs: dict[str, Any] = {"device": self.device}
-        if s.sigmas == "linspace":
-            if "sigmas" not in accepted:
-                raise UserError(f"[sampler] sigmas = 'linspace', but {type(scheduler).__name__} takes no custom sigmas")
-            kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
-        else:
-            kwargs["num_inference_steps"] = steps
-        if isinstance(s.shift, ResolutionShiftSpec):
-            # The latent grid's size, as the pipelines count it (before patching).
-            kwargs["mu"] = resolution_mu(s.shift, shape.frames * shape.height * shape.width)
-        scheduler.set_timesteps(**kwargs)
-        if hasattr(scheduler, "set_begin_index"):  # as the pipelines do: step i is index i, even with repeats
-            scheduler.set_begin_index(0)
-        return scheduler.timesteps, scheduler.sigmas
+        return set_schedule(self.settings, self.scheduler, steps, shape, self.device)
 
     def _decode(self, latents: Tensor, generator: torch.Generator) -> Tensor:
         """Normalised latents -> frames [B, F, H, W, 3] in [0, 1], by `[sampler] decode`'s steps in order."""
-        vae = self.processor.vae
-        conditioned = _config_flag(vae, "timestep_conditioning")
-        z, timestep = latents, None
-        for step in self.plan.decode:
-            if step == "denormalise":
-                z = self.normaliser.denormalise(z)
-            elif step == "noise":
-                if conditioned:
-                    z, timestep = self._decode_noise(z, generator)
-            else:  # "cast:<role>"
-                z = z.to(self._role_dtype(step.removeprefix("cast:")))
-        if conditioned and timestep is None:
-            raise UserError("the VAE is timestep-conditioned, but [sampler] decode has no 'noise' step")
-        video = vae.decode(z, timestep, return_dict=False)[0] if conditioned else vae.decode(z, return_dict=False)[0]
-        # [B, 3, F, H, W] in [-1, 1] -> [B, F, H, W, 3] in [0, 1], clamped before the float cast like diffusers
-        return (video * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).float().cpu()
-
-    def _decode_noise(self, z: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(z mixed with the decode noise, the decode timestep), both in z's dtype, as the reference pipelines."""
-        s, batch = self.settings, z.shape[0]
-        # Drawn after the initial noise from the same generator, as the reference pipeline draws it.
-        noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        scale = s.decode_timestep if s.decode_noise_scale is None else s.decode_noise_scale
-        timestep = torch.tensor([s.decode_timestep] * batch, device=z.device, dtype=z.dtype)
-        scale_t = torch.tensor([scale] * batch, device=z.device, dtype=z.dtype)[:, None, None, None, None]
-        return (1 - scale_t) * z + scale_t * noise, timestep
+        return decode_latents(self.plan, self.processor.vae, self.normaliser, latents, generator, self._role_dtype)
 
 
 def _named(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -384,10 +368,3 @@ def size_or_default(value: int | None, default: int | None, name: str) -> int:
     if value is None:
         raise UserError(f"no {name} given and the spec's [sampler] has no default {name}")
     return int(value)
-
-
-def _config_flag(module: Any, key: str) -> bool:
-    """A boolean from a module's config (a diffusers FrozenDict or a transformers config); False if absent."""
-    config = getattr(module, "config", None)
-    value = config.get(key) if isinstance(config, Mapping) else getattr(config, key, None)
-    return bool(value)

@@ -231,8 +231,10 @@ def test_trace_names_every_stage(sampler: Sampler, plan: Plan) -> None:
     out = sampler([PROMPT], steps=2, seed=4, trace=lambda name, tensor: seen.setdefault(name, tensor.clone()))
     text = [f"{side}.{name}" for side in ("text", "negative_text") for name in plan.text_names]
     roles = [f"prediction.video.{role}" for role in ("uncond", "cond")]
-    stages = ["sigmas", "timesteps", "noise.video", *roles, "step1.video", "final.video", "frames"]
+    inputs = [f"input.timestep.{role}" for role in ("uncond", "cond")]  # the noise level, as the transformer gets it
+    stages = ["sigmas", "timesteps", "noise.video", *inputs, *roles, "step1.video", "final.video", "frames"]
     assert sorted(seen) == sorted(text + stages)
+    assert all(seen[name].shape == (1,) and seen[name].dtype == torch.float32 for name in inputs)
     tokens = list(plan.geometry.pack(out.latents).shape)
     assert all(list(seen[name].shape) == tokens for name in ("noise.video", "step1.video", "final.video", *roles))
     assert all(seen[name].dtype == torch.float32 for name in roles)

@@ -27,7 +27,7 @@ HELPERS = ("pack", "unpack", "normalise", "denormalise")
 TEXT = ("text.embeds", "text.mask", "negative.embeds", "negative.mask")
 SCHEDULE = ("sigmas", "timesteps")
 STAGES = {
-    "ltx": (*TEXT, *SCHEDULE, "noise", "pred.uncond", "pred.cond", "step1", "latents", "frames"),
+    "ltx": (*TEXT, *SCHEDULE, "noise", "input.timestep", "pred.uncond", "pred.cond", "step1", "latents", "frames"),
     "ltx-2.3": (
         "text.embeds",
         "text.mask",
@@ -38,6 +38,8 @@ STAGES = {
         *SCHEDULE,
         "noise",
         "noise.audio",
+        "input.timestep",  # each keyword whose call expression reads the noise level, in call order
+        "input.sigma",
         *(f"pred.{role}{stream}" for role in ("uncond", "cond", "stg", "modality") for stream in ("", ".audio")),
         "step1",
         "step1.audio",
@@ -45,7 +47,7 @@ STAGES = {
         "latents.audio",
         "frames",
     ),
-    "wan-2.1": (*TEXT, *SCHEDULE, "noise", "pred.uncond", "pred.cond", "step1", "latents", "frames"),
+    "wan-2.1": (*TEXT, *SCHEDULE, "noise", "input.timestep", "pred.uncond", "pred.cond", "step1", "latents", "frames"),
 }
 TINY = {"ltx": TINY_LTX, "ltx-2.3": TINY_LTX2, "wan-2.1": TINY_WAN}
 ROW = re.compile(r"^  ([\w.]+)\s+(?:max \|Δ\| = (\S+)|skipped|-)\s+(ok|FAIL)\b", re.M)
@@ -92,14 +94,15 @@ def test_other_size_without_cfg_verifies(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize(
-    ("name", "call"),
+    ("name", "call", "departs"),
     [
-        ("wrong-rope", 'rope_interpolation_scale = "[1.0, spatial_compression, spatial_compression]"'),
-        ("wrong-timestep", 'timestep = "float32(sigma * 999)"'),
+        ("wrong-rope", 'rope_interpolation_scale = "[1.0, spatial_compression, spatial_compression]"', "pred.uncond"),
+        # the noise level the transformer gets is a stage of its own, before the first prediction
+        ("wrong-timestep", 'timestep = "float32(sigma * 999)"', "input.timestep"),
     ],
 )
 def test_a_broken_spec_fails_with_the_difference(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, call: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, call: str, departs: str
 ) -> None:
     code, out, err = run_cli(capsys, "verify", str(child_spec(tmp_path, name, call)))
     print(out)
@@ -110,7 +113,8 @@ def test_a_broken_spec_fails_with_the_difference(
     assert re.search(r"latents .* FAIL", out) and "FAIL: tolerance" in out
     # the text, the schedule and the noise still agree: the first transformer call is where it departs
     assert all(found[name] == 0 for name in (*TEXT, *SCHEDULE, "noise")), found
-    assert first_departure(out) == "pred.uncond"
+    assert found["pred.uncond"] > 0
+    assert first_departure(out) == departs
 
 
 def test_a_loose_tolerance_accepts_a_broken_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

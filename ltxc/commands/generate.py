@@ -1,4 +1,5 @@
-"""`ltxc run generate`: prompts -> videos, from the spec's weights, a training checkpoint or an export."""
+"""`ltxc run generate`: prompts -> videos, from the spec's weights, a training checkpoint or an export; with
+`--image`, image-to-video (the spec's task that takes an image)."""
 
 from __future__ import annotations
 
@@ -141,6 +142,25 @@ def format_distances(rows: Sequence[tuple[float, str, bool]]) -> list[str]:
     return lines
 
 
+def image_input(plan: Plan, image: Path, frames: int | None, height: int | None, width: int | None) -> torch.Tensor:
+    """`--image` as pixels [1, 3, H, W] in [-1, 1] at the generation size; one clear line when it cannot be."""
+    from ltxc.condition_sampling import image_pixels
+    from ltxc.media import MediaError, read_image
+    from ltxc.sampler import size_or_default
+
+    task = plan.task_for("image")  # a spec without an image task says so before the file is read
+    s = plan.sampler
+    frames, height, width = (size_or_default(frames, s.frames, "frames"), size_or_default(height, s.height, "height"),
+                             size_or_default(width, s.width, "width"))  # fmt: skip
+    plan.geometry.check(frames, height, width)
+    try:
+        rgb = read_image(image, (width, height))
+    except MediaError as exc:
+        raise UserError(f"--image {image}: {exc}") from None
+    print(f"image-to-video (task {task.name}): {image} at {width}x{height}", file=sys.stderr)
+    return image_pixels(rgb)
+
+
 def output_paths(output: Path, count: int) -> list[Path]:
     """One file per prompt: OUTPUT itself for one prompt, OUTPUT-0, OUTPUT-1, ... for several."""
     if count == 1:
@@ -174,6 +194,7 @@ def run_generate(
     plan_path: Path | None,
     device: str | None,
     compare_cache: Path | None = None,
+    image: Path | None = None,
 ) -> int:
     """The whole command; returns the exit code. `prompts_file` adds its prompts after `prompts`."""
     from ltxc.media.write import SUFFIXES, write_frames
@@ -190,15 +211,18 @@ def run_generate(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     record = checkpoint_record(checkpoint)  # run.json, read once: it gives the plan and how the weights were trained
     plan = plan_for(checkpoint, plan_path, record)
+    # the image first: a bad one (or a spec with no task for it) fails before any weights load, nothing written
+    pixels = None if image is None else image_input(plan, image, frames, height, width)
     components = plan.components()
     transformer = load_transformer(plan, components, checkpoint, lora_scale, record).to(device)
     sampler = Sampler(plan, components, device=device, transformer=transformer)
     for prompt, path in zip(prompts, output_paths(output, len(prompts)), strict=True):
         result = sampler([prompt], negative_prompt=negative_prompt, frames=frames, height=height, width=width,
-                         fps=fps, steps=steps, guidance=guidance, seed=seed, progress=True)  # fmt: skip
-        written = write_frames(result.video[0], path, fps=result.fps)
+                         fps=fps, steps=steps, guidance=guidance, seed=seed, progress=True, image=pixels)  # fmt: skip
+        settings = {"prompt": prompt, "seed": str(seed), **({"image": str(image)} if image is not None else {})}
+        written = write_frames(result.video[0], path, fps=result.fps, metadata=settings)
         print(f"wrote {written} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps, "
-              f"seed {seed}): {prompt!r}")  # fmt: skip
+              f"seed {seed}{'' if image is None else f', image {image}'}): {prompt!r}")  # fmt: skip
         if compare_cache is not None:
             rows = cache_distances(result.latents[0].cpu(), compare_cache, prompt)
             if rows:

@@ -6,13 +6,14 @@ conditional, each perturbation), the latents after step 1, the final latents and
 names the first stage that departs. The pipeline's own packing and normalisation helpers, where it has them, are
 checked against the spec's geometry and normaliser too. Nothing here knows a model: the reference class, its
 components and its call arguments are matched by name (verify_reference), the stages by the spec's call mapping
-and `[sampler]` CFG settings (verify_stages).
+and `[sampler]` CFG settings (verify_stages). With `--task`, the task's call mapping and reference pipeline, on the
+same synthetic condition inputs (verify_task).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -29,6 +30,7 @@ from ltxc.commands.verify_reference import (
 from ltxc.commands.verify_report import Check, Report, compare, skipped
 from ltxc.commands.verify_settings import shift_notes, with_dtype
 from ltxc.commands.verify_stages import recorded_keywords, stage_rows
+from ltxc.commands.verify_task import TaskInputs, task_inputs, task_view
 from ltxc.compiler import compile_spec
 from ltxc.components import resolve_class
 from ltxc.document import Loaded
@@ -67,14 +69,22 @@ def verify(
     tolerance: float = DEFAULT_TOLERANCE,
     device: str | torch.device = "cpu",
     dtype: str | None = None,
+    task: str | None = None,
 ) -> Report:
-    """Run ltxc's sampler and the spec's reference pipeline on the same components; compare them stage by stage."""
-    if not plan.reference:
-        raise UserError(f'spec {plan.name!r} names no reference pipeline: add [model] reference = "diffusers:Class"')
+    """Run ltxc's sampler and the spec's reference pipeline on the same components; compare them stage by stage.
+
+    `task` names a `[tasks.<name>]` entry: both run it, with its reference pipeline and the same condition inputs.
+    """
+    chosen = None if task is None else plan.task(task)  # an unknown task: one line naming the spec's tasks
     notes: list[str] = []
     if dtype is not None:
         plan, note = with_dtype(plan, dtype)
         notes.append(note)
+    sampler_plan = plan  # the sampler finds the task in it; the comparison reads the task's view
+    if chosen is not None:
+        plan = task_view(plan, chosen)  # the task's call mapping, reference and reference_args
+    if not plan.reference:
+        raise UserError(f'spec {plan.name!r} names no reference pipeline: add [model] reference = "diffusers:Class"')
     from diffusers import DiffusionPipeline
 
     s = plan.sampler
@@ -83,17 +93,20 @@ def verify(
     pipeline = build_reference(pipeline_class, components).to(device)
     pipeline.set_progress_bar_config(disable=True)
     run = _settings(plan, prompt, frames, height, width, steps, guidance, seed)
+    inputs = TaskInputs({}, {}, []) if chosen is None else task_inputs(chosen, run.height, run.width)
     # the reference's arguments first: a spec naming one it does not take fails before any sampling
+    where = "[model]" if chosen is None else f"[model] or [tasks.{chosen.name}]"
     kwargs, call_notes = reference_call(
-        pipeline_class, plan, prompt, run.frames, run.height, run.width, run.steps, run.guidance
+        pipeline_class, plan, prompt, run.frames, run.height, run.width, run.steps, run.guidance, where
     )
-    notes += call_notes + shift_notes(plan, components[s.scheduler])
+    kwargs.update(inputs.theirs)
+    notes += inputs.notes + call_notes + shift_notes(plan, components[s.scheduler])
     checks = helper_checks(pipeline_class, plan, components, tolerance)
     traced: dict[str, torch.Tensor] = {}
-    sampler = Sampler(plan, components, device)
+    sampler = Sampler(sampler_plan, components, device)
     started = time.perf_counter()
     with _components_must_fit("ltxc's sampler"):
-        ours = _sample(sampler, run, traced)
+        ours = _sample(sampler, run, traced, task, inputs.ours)
     ours_s, started = time.perf_counter() - started, time.perf_counter()
     with _components_must_fit(f"the reference {pipeline_class.__name__}"):
         reference = run_reference(pipeline, kwargs, seed, components[plan.transformer_role], recorded_keywords(plan))
@@ -101,7 +114,8 @@ def verify(
     rows, stage_notes = stage_rows(plan, traced, reference, tolerance)
     checks += rows + _final_rows(plan, traced, ours, reference, tolerance)
     title = (
-        f"verify {plan.name} against {plan.reference}: {ours.frames}x{ours.height}x{ours.width} (frames x height "
+        f"verify {plan.name}{'' if task is None else f' task {task}'} against {plan.reference}: "
+        f"{ours.frames}x{ours.height}x{ours.width} (frames x height "
         f"x width), {run.steps} steps, guidance {run.guidance:g}, seed {seed}, {torch.device(device)}"
         + (f", {dtype}" if dtype else "")
     )
@@ -133,8 +147,15 @@ def _settings(
     return run
 
 
-def _sample(sampler: Sampler, run: _Settings, traced: dict[str, torch.Tensor]) -> Generation:
-    """ltxc's generation, with every traced stage recorded into `traced` (a copy on the CPU)."""
+def _sample(
+    sampler: Sampler,
+    run: _Settings,
+    traced: dict[str, torch.Tensor],
+    task: str | None = None,
+    inputs: Mapping[str, torch.Tensor] | None = None,
+) -> Generation:
+    """ltxc's generation (of `task`, with its condition `inputs`), every traced stage recorded into `traced` (a copy
+    on the CPU)."""
 
     def trace(name: str, tensor: torch.Tensor) -> None:
         traced[name] = tensor.detach().to("cpu", copy=True)
@@ -148,6 +169,8 @@ def _sample(sampler: Sampler, run: _Settings, traced: dict[str, torch.Tensor]) -
         guidance=run.guidance,
         seed=run.seed,
         trace=trace,
+        task=task,
+        **(inputs or {}),
     )
 
 
@@ -193,6 +216,7 @@ def run_verify(
     tolerance: float,
     device: str | None,
     dtype: str | None = None,
+    task: str | None = None,
 ) -> int:
     """The whole `ltxc verify` on a spec the CLI loaded before importing torch; 0 only within the tolerance."""
     report = verify(
@@ -207,6 +231,7 @@ def run_verify(
         tolerance=tolerance,
         device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         dtype=dtype,
+        task=task,
     )
     print(report.format())
     return 0 if report.ok else 1

@@ -51,8 +51,12 @@ def reference_call(
     width: int,
     steps: int,
     guidance: float,
+    where: str = "[model]",
 ) -> tuple[dict[str, Any], list[str]]:
-    """The pipeline's call arguments for the same run, matched to its signature by name; notes on what it lacks."""
+    """The pipeline's call arguments for the same run, matched to its signature by name; notes on what it lacks.
+
+    `plan.reference_args` are the spec's (a task's view adds the task's); `where` names their section in errors.
+    """
     s = plan.sampler
     fps = int(s.fps) if float(s.fps).is_integer() else s.fps
     wanted: dict[str, Any] = {
@@ -82,7 +86,7 @@ def reference_call(
     unknown = [key for key in extra if key not in accepted]
     if unknown:
         raise UserError(
-            f"[model] reference_args names {', '.join(unknown)}, which {pipeline_class.__name__}.__call__ does not take"
+            f"{where} reference_args names {', '.join(unknown)}, which {pipeline_class.__name__}.__call__ does not take"
         )
     wanted.update(extra)
     missing = [name for name in REQUIRED_CALL if name not in accepted]

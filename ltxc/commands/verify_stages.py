@@ -4,7 +4,9 @@ ltxc's side is the sampler's `trace` (stage name -> tensor). The reference's sid
 transformer at the first step (verify_reference.run_reference): its keyword inputs are found through the spec's
 `[transformer.call]` (the keyword whose expression is `text.<name>` or `<stream>.latents`), and each call is
 given its role by the spec's `[sampler] cfg` / `cfg_order`, then the perturbations in spec order, so the rows
-match by role, not call order. Rows come in pipeline order; the report names the first one that departs.
+match by role, not call order. The noise-level inputs (each keyword whose call expression reads σ or the timestep,
+e.g. a task's per-token timestep) are compared as the conditional pass got them. Rows come in pipeline order; the
+report names the first one that departs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from ltxc.commands.verify_reference import Call, ReferenceRun
 from ltxc.commands.verify_report import Check, compare, skipped
+from ltxc.guidance import noise_level_keywords
 from ltxc.plan import VIDEO, Plan
 
 GUIDANCE_ROLES = ("uncond", "cond")
@@ -33,9 +36,11 @@ def latent_source(stream: str) -> str:
 
 
 def recorded_keywords(plan: Plan) -> frozenset[str]:
-    """The transformer keywords the reference's hook keeps: the text tensors and every stream's latents."""
+    """The transformer keywords the reference's hook keeps: the text tensors, every stream's latents and the
+    noise-level inputs."""
     sources = [f"text.{name}" for name in plan.text_names] + [latent_source(s) for s in (VIDEO, *plan.streams)]
-    return frozenset(key for key in (keyword_for(plan, source) for source in sources) if key)
+    keys = [keyword_for(plan, source) for source in sources] + noise_level_keywords(plan.call)
+    return frozenset(key for key in keys if key)
 
 
 def stage_rows(
@@ -59,6 +64,7 @@ def stage_rows(
     first = calls.get("cond") or next(iter(calls.values()))
     for stream in streams:
         rows.append(_input_row(plan, f"noise{_suffix(stream)}", ours, f"noise.{stream}", first, stream, tolerance))
+    rows += _level_rows(plan, ours, calls, tolerance)
     for role in roles:
         for stream in streams:
             rows.append(_prediction_row(plan, ours, calls.get(role), role, stream, tolerance))
@@ -143,7 +149,7 @@ def _input_row(
     call: Call,
     stream: str,
     tolerance: float,
-    note: str = "initial noise",
+    note: str = "initial latents",
 ) -> Check:
     """ltxc's latents against the reference transformer's input, ours cast to the dtype the reference passed."""
     keyword = keyword_for(plan, latent_source(stream))
@@ -153,6 +159,20 @@ def _input_row(
     mine = ours.get(key)
     mine = None if mine is None else mine.to(theirs.dtype)
     return compare(label, mine, theirs, tolerance, f"{note}, as {keyword} ({_dtype(theirs)})", True)
+
+
+def _level_rows(plan: Plan, ours: Mapping[str, Tensor], calls: Mapping[str, Call], tolerance: float) -> list[Check]:
+    """The noise-level inputs of the conditional pass (else the first), as the transformer got them."""
+    role = "cond" if "cond" in calls else next(iter(calls), None)
+    rows = []
+    for keyword in noise_level_keywords(plan.call):
+        label, theirs = f"input.{keyword}", calls[role].inputs.get(keyword) if role else None
+        if theirs is None:
+            rows.append(skipped(label, f"the reference passed no tensor {keyword}"))
+            continue
+        note = f"the step's noise level, as {keyword} ({_dtype(theirs)}, {_ROLE_NOTES.get(role, role)} pass)"
+        rows.append(compare(label, ours.get(f"input.{keyword}.{role}"), theirs, tolerance, note, True))
+    return rows
 
 
 def _prediction_row(

@@ -3,12 +3,14 @@
 - `probe(path) -> MediaInfo` reads sizes, rotation and per-frame times without decoding the clip.
 - `select_frames` / `available_frames` / `pad_selection` (frames.py) are the frame policy, pure maths.
 - `read_frames(info, indices, size)` decodes just those frames, resized to cover `size` and centre-cropped.
+- `read_image(path, size)` reads a conditioning image (a still through PIL, or a video's first frame) the same way.
 - Every unusable input raises `MediaError` with a short reason for the user.
 """
 
 from ltxc.media.decode import cover_crop, read_frames
 from ltxc.media.errors import MediaError
 from ltxc.media.frames import FrameSelection, available_frames, pad_selection, select_frames
+from ltxc.media.image import read_image
 from ltxc.media.probe import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, MediaInfo, probe
 
 __all__ = [
@@ -22,5 +24,6 @@ __all__ = [
     "pad_selection",
     "probe",
     "read_frames",
+    "read_image",
     "select_frames",
 ]

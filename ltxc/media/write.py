@@ -15,12 +15,13 @@ uint8 / 255 writes the same bytes as the uint8 frame.
   Players slow down frames under 20 ms, so keep GIFs at 50 fps or less.
 - .png: one frame is that frame, lossless; several are a contact sheet (`contact_sheet`).
 - .safetensors: the frames as float32 [F, H, W, 3] in [0, 1] under "frames", and "fps" (a ratio such as
-  24000/1001) in the metadata; exact, for comparing outputs.
+  24000/1001) and any `metadata` given (e.g. generate's settings) in the metadata; exact, for comparing outputs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,8 +46,17 @@ SEPARATOR_LEVEL = 40  # dark gray: visible against both black and white frames
 _BT709 = 1  # AVCOL_SPC_BT709: the colour matrix tag in the H.264 stream
 
 
-def write_frames(frames: np.ndarray | torch.Tensor, path: str | Path, *, fps: float | Fraction) -> Path:
-    """Write `frames` to `path` in the format its suffix names (see the module docstring); returns the path."""
+def write_frames(
+    frames: np.ndarray | torch.Tensor,
+    path: str | Path,
+    *,
+    fps: float | Fraction,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write `frames` to `path` in the format its suffix names (see the module docstring); returns the path.
+
+    `metadata` (strings) goes into a .safetensors file beside "fps"; the other formats carry none.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -55,8 +65,8 @@ def write_frames(frames: np.ndarray | torch.Tensor, path: str | Path, *, fps: fl
     array = as_frames(frames)
     if suffix == ".safetensors":
         data = to_unit_float(array)
-        metadata = {"fps": str(rate)}
-        return atomic_write(path, lambda tmp: save_file({"frames": data}, tmp, metadata=metadata))
+        stored = {**(metadata or {}), "fps": str(rate)}
+        return atomic_write(path, lambda tmp: save_file({"frames": data}, tmp, metadata=stored))
     pixels = to_uint8(array)
     if suffix == ".mp4":
         height, width = pixels.shape[1:3]

@@ -1,0 +1,36 @@
+"""The sampler's σ schedule: the scheduler's timesteps set with the spec's σ rule and shift, as the pipelines do."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ltxc.errors import UserError
+from ltxc.flow import resolution_mu
+from ltxc.geometry import LatentShape
+from ltxc.spec.types import ResolutionShiftSpec, SamplerSpec
+
+
+def set_schedule(
+    settings: SamplerSpec, scheduler: Any, steps: int, shape: LatentShape, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Set the scheduler's timesteps with the spec's σ rule and shift; return (timesteps, σ)."""
+    accepted = inspect.signature(scheduler.set_timesteps).parameters
+    kwargs: dict[str, Any] = {"device": device}
+    if settings.sigmas == "linspace":
+        if "sigmas" not in accepted:
+            raise UserError(f"[sampler] sigmas = 'linspace', but {type(scheduler).__name__} takes no custom sigmas")
+        kwargs["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+    else:
+        kwargs["num_inference_steps"] = steps
+    if isinstance(settings.shift, ResolutionShiftSpec):
+        # The latent grid's size, as the pipelines count it (before patching).
+        kwargs["mu"] = resolution_mu(settings.shift, shape.frames * shape.height * shape.width)
+    scheduler.set_timesteps(**kwargs)
+    if hasattr(scheduler, "set_begin_index"):  # as the pipelines do: step i is index i, even with repeats
+        scheduler.set_begin_index(0)
+    return scheduler.timesteps, scheduler.sigmas
