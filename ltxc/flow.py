@@ -127,14 +127,26 @@ def loss_weights(weight_expr: Expr, sigma: Tensor, constants: Mapping[str, Any] 
     return weights
 
 
-def flow_loss(prediction: Tensor, target: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
-    """(Σ_b w_b·l_b / B, l): l is each sample's float32 MSE averaged over its non-batch dimensions."""
+def flow_loss(prediction: Tensor, target: Tensor, weights: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(Σ_b w_b·l_b / B, l): l is each sample's float32 MSE averaged over its non-batch dimensions.
+
+    With `keep` (broadcastable to the prediction, e.g. [B, 1, F, H, W]; nonzero where an element counts) each
+    sample's MSE is the mean over the elements it keeps (0 if none), and the others get exactly zero gradient:
+    a task's conditioned tokens, which are given, not predicted.
+    """
     if prediction.shape != target.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
     batch = prediction.shape[0]
     if weights.shape != (batch,):
         raise ValueError(f"weights have shape {tuple(weights.shape)}; expected ({batch},)")
-    per_sample = (prediction.float() - target.float()).square().reshape(batch, -1).mean(dim=1)
+    difference = prediction.float() - target.float()
+    if keep is None:
+        per_sample = difference.square().reshape(batch, -1).mean(dim=1)
+    else:
+        kept = (keep != 0).expand_as(difference)
+        # selected before squaring: the left-out elements' gradient is exactly 0, even where a prediction is not finite
+        squared = torch.where(kept, difference, torch.zeros_like(difference)).square()
+        per_sample = squared.reshape(batch, -1).sum(dim=1) / kept.reshape(batch, -1).sum(dim=1).clamp(min=1)
     # Divide by B, not by Σw: a weighting then changes each sample's share of the gradient, not its scale.
     loss = (weights.float() * per_sample).sum() / batch
     return loss, per_sample

@@ -489,14 +489,29 @@ def test_every_key_has_a_description(schema):
 
 
 def _attrs_defaults(cls: type, prefix: str = "") -> dict[str, Any]:
-    """{dotted key: default} for every leaf field (None for derived defaults)."""
+    """{dotted key: default} for every leaf field (None for derived defaults); a table of tables (`tasks`) by its
+    entries' keys, `tasks.<name>.probability`."""
     out: dict[str, Any] = {}
     hints = typing.get_type_hints(cls)
     for f in attrs.fields(cls):
-        if attrs.has(hints[f.name]):
-            out.update(_attrs_defaults(hints[f.name], f"{prefix}{f.name}."))
+        hint = hints[f.name]
+        if attrs.has(hint):
+            out.update(_attrs_defaults(hint, f"{prefix}{f.name}."))
+        elif typing.get_origin(hint) is dict and attrs.has(typing.get_args(hint)[1]):
+            out.update(_attrs_defaults(typing.get_args(hint)[1], f"{prefix}{f.name}.<name>."))
         else:
             out[prefix + f.name] = f.default
+    return out
+
+
+def _sections(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each table's dotted prefix -> its keys: the sections, and a table of tables' entries as `<name>`."""
+    out = {}
+    for section, node in schema["properties"].items():
+        if "properties" in node:
+            out[section] = node["properties"]
+        else:
+            out[f"{section}.<name>"] = node["additionalProperties"]["properties"]
     return out
 
 
@@ -505,8 +520,8 @@ def test_schema_defaults_are_the_attrs_defaults(schema):
     defaults = _attrs_defaults(RunConfig)
     assert len(defaults) > 35
     stated = {}
-    for section, node in schema["properties"].items():
-        for key, sub in node["properties"].items():
+    for section, keys in _sections(schema).items():
+        for key, sub in keys.items():
             stated[f"{section}.{key}"] = sub.get("default")
     assert set(stated) == set(defaults)
     wrong = {
@@ -544,6 +559,7 @@ def test_schema_defaults_validate(schema):
     document = {
         section: {key: sub["default"] for key, sub in node["properties"].items() if "default" in sub}
         for section, node in schema["properties"].items()
+        if "properties" in node  # a table of tables (`tasks`) has no entries by default
     }
     jsonschema.validate(document, schema)
     assert run_config_from_dict(document) == RunConfig()

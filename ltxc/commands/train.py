@@ -36,9 +36,12 @@ def run_train(
 ) -> int:
     """The whole command; returns the exit code."""
     from ltxc.runner.distributed import init_distributed, shutdown
+    from ltxc.runner.tasks import check_tasks
 
-    run_config: RunConfig = load_run_config(config, overrides).value
+    loaded = load_run_config(config, overrides)
+    run_config: RunConfig = loaded.value
     plan = resolve_plan(plan_path or run_config.run.plan)
+    check_tasks(plan, loaded)  # FILE:LINE for a task or validation image the plan cannot train
     if dry_run:
         print(_memory_plan(plan, run_config))
         return 0

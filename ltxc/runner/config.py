@@ -157,6 +157,14 @@ class ValidationSection:
     steps: int | None = None
     guidance: float | None = None
     seed: int = 0
+    images: tuple[str, ...] = ()
+
+
+@frozen
+class TaskSection:
+    """`[tasks.<name>]`: how often a sample trains the spec's task `<name>` instead of text-to-video."""
+
+    probability: float = 0.0
 
 
 @frozen
@@ -175,6 +183,7 @@ class RunConfig:
     parallel: ParallelSection = ParallelSection()
     export: ExportSection = ExportSection()
     validation: ValidationSection = ValidationSection()
+    tasks: dict[str, TaskSection] = attrs.field(factory=dict)
 
     def global_batch(self, world_size: int) -> int:
         """Samples per optimiser step on `world_size` ranks: ranks x data.batch_size x train.grad_accum."""
@@ -289,6 +298,7 @@ def _finish(loaded: Loaded, default_name: str) -> Loaded:
             'only a full fine-tune (train.mode = "full") exports the whole transformer; a LoRA run exports its LoRA'
         )
         problems.append(locator.problem(("export", "full"), message))
+    _task_rules(loaded, problems)
     if problems:
         raise ConfigError(problems)
     name = config.run.name or default_name
@@ -306,6 +316,29 @@ def _finish(loaded: Loaded, default_name: str) -> Loaded:
         ),
     )
     return attrs.evolve(loaded, value=resolved, data=data)
+
+
+def _task_rules(loaded: Loaded, problems: list[Problem]) -> None:
+    """A sample trains at most one task (the probabilities add up to at most 1); validation images pair with the
+    prompts one to one."""
+    config: RunConfig = loaded.value
+    given = {name: task.probability for name, task in config.tasks.items() if task.probability > 0}
+    if sum(given.values()) > 1:
+        # reported at the probability written last, the one that tipped the sum over 1
+        layer = {file: rank for rank, file in enumerate(loaded.files)}  # --set is after every file
+
+        def written(name: str) -> tuple[int, int]:
+            file, line = loaded.locator.where(("tasks", name, "probability"))
+            return layer.get(file, len(layer)), line
+
+        last = max(given, key=written)
+        shares = ", ".join(f"{name} {p:g}" for name, p in sorted(given.items()))
+        message = f"task probabilities add up to {sum(given.values()):g} ({shares}); a sample trains at most one task"
+        problems.append(loaded.locator.problem(("tasks", last, "probability"), message))
+    images, prompts = config.validation.images, config.validation.prompts
+    if images and len(images) != len(prompts):
+        message = f"{len(images)} images for {len(prompts)} prompts: validation.images gives one image per prompt"
+        problems.append(loaded.locator.problem(("validation", "images"), message))
 
 
 def _steps_or_epochs(loaded: Loaded, problems: list[Problem]) -> str | None:
@@ -337,6 +370,7 @@ __all__ = [
     "RunConfig",
     "RunSection",
     "ScheduleSection",
+    "TaskSection",
     "TrainSection",
     "load_run_config",
     "parse_overrides",

@@ -1,4 +1,5 @@
-"""The run's data: the cache (made with this plan), this rank's loader, and how long the run is in steps."""
+"""The run's data: the cache (made with this plan), this rank's loader, what the transformer trains on besides the
+latents (the text, the tasks), and how long the run is in steps."""
 
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ from ltxc.errors import UserError
 from ltxc.plan import Plan
 from ltxc.runner.config import RunConfig, TrainSection
 from ltxc.runner.distributed import Distributed
+from ltxc.runner.tasks import TrainingTasks, training_tasks
 from ltxc.runner.text import TrainingText
 
 
 @frozen
 class TrainData:
-    """This rank's batches, the cache's frame rate and the text conditioning built from the cache."""
+    """This rank's batches, the cache's frame rate, the text conditioning built from the cache and the tasks
+    (`[tasks]` of the run config) its samples train besides text-to-video."""
 
     loader: StatefulDataLoader
     fps: float
     text: TrainingText
+    tasks: TrainingTasks
 
     @property
     def batches_per_epoch(self) -> int:
@@ -48,6 +52,8 @@ def load_data(plan: Plan, config: RunConfig, info: Distributed) -> TrainData:
             f"{cache}: the cache was made with another spec (hash {str(cached_hash)[:12]}, this plan is "
             f"{plan.hash[:12]}); preprocess again with this plan, or train with the plan that made it"
         )
+    tasks = training_tasks(plan, config)  # a task the plan lacks is refused before the model is built
+    tasks.check_cache(dataset.header, cache)
     loader = make_loader(
         dataset,
         config.data.batch_size,
@@ -58,7 +64,7 @@ def load_data(plan: Plan, config: RunConfig, info: Distributed) -> TrainData:
         pin_memory=config.data.pin_memory,
     )
     fps = float(dataset.header["settings"]["fps"])
-    return TrainData(loader, fps, TrainingText(plan, dataset, info.device))
+    return TrainData(loader, fps, TrainingText(plan, dataset, info.device), tasks)
 
 
 def total_steps(train: TrainSection, batches_per_epoch: int) -> int:

@@ -1,6 +1,7 @@
 """One optimiser step: accumulate the flow-matching loss over micro-batches, clip, step the optimiser and the
-LR schedule. Every random draw is keyed by (seed, step, micro-batch, global sample position), so a step is the
-same however the global batch is split across ranks, and across a resume."""
+LR schedule. Every random draw is keyed by (seed, step, micro-batch, global sample position), or for a draw per
+micro-batch by (seed, step, micro-batch) alone, so a step is the same however the global batch is split across
+ranks, and across a resume."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from attrs import frozen
 
 from ltxc.adapter import Adapter, dropout_decisions
 from ltxc.flow import flow_loss, flow_target, loss_weights, noisy_latents, sample_sigmas
-from ltxc.plan import Plan
+from ltxc.plan import CompiledTask, Plan
 from ltxc.runner.block_swap import block_swap_of
 from ltxc.runner.config import RunConfig
 from ltxc.runner.data import TrainData
@@ -22,6 +23,7 @@ from ltxc.runner.distributed import Distributed, all_reduce_mean
 from ltxc.runner.fused_step import FusedStep
 from ltxc.runner.parallelize import unsharded_autocast
 from ltxc.runner.seeds import derived_seed
+from ltxc.runner.tasks import TrainingTasks, predict
 
 
 @frozen
@@ -52,6 +54,16 @@ class StepResult:
     sample_losses: torch.Tensor  # [samples this rank saw]
     data_seconds: float  # waiting for batches
     compute_seconds: float
+
+
+@frozen
+class Draws:
+    """A micro-batch's random draws, each sample's from its own generator (keyed by its global position)."""
+
+    sigma: torch.Tensor  # [B] float32
+    noise: torch.Tensor  # [B, C, F, H, W] float32
+    drop: torch.Tensor  # [B] bool: the caption is dropped (CFG dropout)
+    tasks: tuple[CompiledTask | None, ...]  # the task each sample trains (None: text-to-video)
 
 
 @frozen
@@ -94,26 +106,25 @@ def train_step(t: Training, step: int) -> StepResult:
 
 
 def _accumulate(t: Training, step: int, micro: int) -> _Micro:
-    """One micro-batch: draw σ, noise and dropout per sample, predict, weighted MSE, backward (grads add up)."""
+    """One micro-batch: draw σ, noise, dropout and tasks per sample, predict, weighted MSE, backward (grads add up)."""
     began = time.monotonic()
     batch = next(t.batches)
     fetched = time.monotonic()
     device = t.info.device
     x0 = batch["latents"].to(device, torch.float32, non_blocking=True)
-    b = x0.shape[0]
-    tokens = math.prod(x0.shape[2:])  # latent F*H*W: the sequence length the reference sampler shifts by
-    first = t.info.rank * b  # this rank's first sample in the global batch
-    seed = t.config.run.seed
-    gens = [torch.Generator().manual_seed(derived_seed(seed, step, micro, first + i)) for i in range(b)]
-    sigma = torch.cat([sample_sigmas(t.plan.flow, 1, tokens, g) for g in gens]).to(device)
-    noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(device)
-    text = t.data.text(batch, dropout_decisions(gens, t.config.train.cfg_dropout))
+    first = t.info.rank * x0.shape[0]  # this rank's first sample in the global batch
+    draws = draw_micro(t.plan, t.config, t.data.tasks, step, micro, first, tuple(x0.shape))
+    sigma, noise = draws.sigma.to(device), draws.noise.to(device)
+    text = t.data.text(batch, draws.drop)
+    noisy = noisy_latents(x0, noise, sigma)
+    task = t.data.tasks.inputs(batch, x0, noisy, draws.tasks)  # None: every sample is text-to-video
     with unsharded_autocast(t.model, t.compute_dtype, device):  # a no-op unless a lever left it unwrapped on a GPU
-        prediction = t.adapter.predict(
-            t.model, noisy_latents(x0, noise, sigma), sigma, text, t.data.fps, compute_dtype=t.compute_dtype
-        )
+        if task is None:
+            prediction = t.adapter.predict(t.model, noisy, sigma, text, t.data.fps, compute_dtype=t.compute_dtype)
+        else:
+            prediction = predict(t.adapter, t.model, task, sigma, text, t.data.fps, t.compute_dtype)
     weights = loss_weights(t.plan.loss_weight, sigma, t.plan.constants)
-    loss, sample_losses = flow_loss(prediction, flow_target(x0, noise), weights)
+    loss, sample_losses = flow_loss(prediction, flow_target(x0, noise), weights, None if task is None else task.keep)
     # a fused step would apply a non-finite loss's gradients inside the backward: skip it (the run stops)
     if t.fused is None or bool(torch.isfinite(loss)):
         (loss / t.config.train.grad_accum).backward()  # each backward() sums grads, so normalise here
@@ -121,6 +132,22 @@ def _accumulate(t: Training, step: int, micro: int) -> _Micro:
     if swap is not None:
         swap.settle()  # the first swapped block's weights go back to the CPU once the backward is done
     return _Micro(loss.detach(), sigma.detach(), sample_losses.detach(), fetched - began, time.monotonic() - fetched)
+
+
+def draw_micro(
+    plan: Plan, config: RunConfig, tasks: TrainingTasks, step: int, micro: int, first: int, shape: tuple[int, ...]
+) -> Draws:
+    """The draws of micro-batch `micro` of `step` for the samples at global positions first.. of latents `shape`
+    [B, C, F, H, W]: per sample σ, noise, the dropout coin, then the task coin, in that order from its generator
+    (so without tasks every draw is text-to-video's)."""
+    b = shape[0]
+    tokens = math.prod(shape[2:])  # latent F*H*W: the sequence length the reference sampler shifts by
+    seed = config.run.seed
+    gens = [torch.Generator().manual_seed(derived_seed(seed, step, micro, first + i)) for i in range(b)]
+    sigma = torch.cat([sample_sigmas(plan.flow, 1, tokens, g) for g in gens])
+    noise = torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
+    drop = dropout_decisions(gens, config.train.cfg_dropout)
+    return Draws(sigma, noise, drop, tasks.draw(gens, seed, step, micro, shape[2]))
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:

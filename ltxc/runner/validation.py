@@ -8,6 +8,10 @@ The prompts (and the negative prompt) are encoded once, when the validator is se
 transformer is built — and the text encoder is freed at once: it never sits beside the training transformer,
 and every validation reuses the same text. The VAE is built at the first validation and stays on the device
 (decoding is not moved off the critical path).
+
+With `validation.images`, each prompt's video is generated from its image through the spec's task that takes an
+image (image-to-video): the images are read once at set-up (a bad file fails before training starts), resized to
+cover the video's size and centre-cropped, as `ltxc run generate --image` reads an image.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ltxc.errors import UserError
 from ltxc.plan import Plan
 from ltxc.runner.config import ValidationSection
 from ltxc.runner.distributed import Distributed, barrier
@@ -49,6 +54,7 @@ class Validator:
         self.sampler = Sampler(plan, components, device=info.device, compute_dtype=compute_dtype)
         self.components = components
         self._encode_prompts()
+        self.images = self._read_images()
 
     def _encode_prompts(self) -> None:
         """Encode every prompt and the negative prompt as the sampler would, keep them on the CPU, and free the
@@ -65,6 +71,14 @@ class Validator:
             sampler.role_dtypes[role] = sampler._role_dtype(role)
         sampler.processor.free_text()
 
+    def _read_images(self) -> list[torch.Tensor | None]:
+        """Each prompt's image as the sampler's pixels [1, 3, H, W] at the video's size (None: text-to-video)."""
+        s = self.validation
+        if not s.images:
+            return [None] * len(s.prompts)
+        run = self.sampler._resolve(s.negative_prompt, s.frames, s.height, s.width, self.fps, s.steps, s.guidance, None)
+        return [read_image(path, run.height, run.width) for path in s.images]
+
     def due(self, step: int, last: bool) -> bool:
         """Whether to sample after `step` (every N steps, and after the last step)."""
         every = self.validation.every
@@ -79,11 +93,11 @@ class Validator:
         self.sampler.compute_dtype = self.compute_dtype
         written: list[Path] = []
         folder = self.run_dir.validation(step)
-        for index, prompt in enumerate(s.prompts):
+        for index, (prompt, image) in enumerate(zip(s.prompts, self.images, strict=True)):
             with unsharded_autocast(model, self.compute_dtype, self.info.device):
                 result = self.sampler([prompt], negative_prompt=s.negative_prompt, frames=s.frames, height=s.height,
                                       width=s.width, fps=self.fps, steps=s.steps, guidance=s.guidance,
-                                      seed=s.seed)  # fmt: skip
+                                      seed=s.seed, image=image)  # fmt: skip
             if self.info.is_main:
                 video = result.video[0]
                 written.append(write_frames(video, folder / f"prompt-{index}.mp4", fps=result.fps))
@@ -91,3 +105,17 @@ class Validator:
                 logger.log_image(f"validation/prompt-{index}", contact_sheet(video), step)
         barrier()
         return written
+
+
+def read_image(path: str, height: int, width: int) -> torch.Tensor:
+    """An image file (or a video's first frame) as pixels [1, 3, height, width] float32 in [-1, 1]: resized to cover
+    the size and centre-cropped, as `ltxc run generate --image` reads it."""
+    from ltxc.condition_sampling import image_pixels
+    from ltxc.media import MediaError
+    from ltxc.media import read_image as read_rgb
+
+    try:
+        rgb = read_rgb(path, (width, height))
+    except MediaError as error:
+        raise UserError(f"validation.images: {path}: {error}") from None
+    return image_pixels(rgb)
