@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, TINY_LTX
@@ -248,6 +249,56 @@ def test_validation_encodes_once_and_frees_the_text_encoder(plan: Plan, tmp_path
     assert not validator.components.is_built(role)  # sampling used the encoded text, not a rebuilt encoder
     today = Sampler(plan, plan.components(), transformer=transformer)(["waves"], **kwargs)
     assert torch.equal(ours.video, today.video)
+
+
+class SheetRecorder:
+    """Stands in for the metrics logger's TensorBoard sink: records each logged image by (tag, step)."""
+
+    def __init__(self) -> None:
+        self.images: dict[tuple[str, int], Any] = {}
+
+    def log_image(self, tag: str, image: Any, step: int) -> None:
+        self.images[(tag, step)] = image
+
+
+def test_validation_decodes_in_the_background_what_it_decodes_in_line(plan: Plan, tmp_path: Path) -> None:
+    """`validation.decode = "background"`: the VAE never reaches the training device (the sampler's processor never
+    builds it), a validation returns before its decode is done (it gives back the previous one's files), the end of
+    training waits for the last, and the frames, files and TensorBoard sheets equal the in-line decode's."""
+    from ltxc.runner.distributed import Distributed
+    from ltxc.runner.run_dir import RunDir
+    from ltxc.runner.validation import Validator
+
+    info = Distributed(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    transformer = plan.components()[plan.transformer_role]
+    recorded, files = {}, {}
+    for mode in ("device", "background"):
+        validation = ValidationSection(prompts=("waves", "a red ball"), steps=2, guidance=3.0, decode=mode)
+        cfg = attrs.evolve(config(tmp_path / mode, tmp_path), validation=validation)
+        validator = Validator(plan, cfg.validation, info, RunDir.of(cfg), None, 25.0)
+        recorder = SheetRecorder()
+        returned = [validator.run(transformer, step, recorder) for step in (1, 2)]  # type: ignore[arg-type]
+        returned.append(validator.finish(recorder))  # type: ignore[arg-type]
+        recorded[mode], files[mode] = recorder.images, returned
+        if mode == "background":
+            assert validator.sampler.processor._vae is None  # decoded on the CPU copy, never the device's
+    names = [
+        [path.relative_to(tmp_path / mode).as_posix() for path in paths]
+        for mode in ("device",)
+        for paths in files[mode]
+    ]
+    background = [
+        [path.relative_to(tmp_path / "background").as_posix() for path in paths] for paths in files["background"]
+    ]
+    assert background == [[], names[0], names[1]]  # each validation hands back the previous one's files
+    assert names[2] == [] and len(names[0]) == 4
+    assert (
+        recorded["device"].keys()
+        == recorded["background"].keys()
+        == {(f"validation/prompt-{i}", step) for i in (0, 1) for step in (1, 2)}
+    )
+    for key, sheet in recorded["device"].items():
+        assert np.array_equal(sheet, recorded["background"][key]), key
 
 
 # -- preprocessing: one large component at a time ------------------------------------------------------------

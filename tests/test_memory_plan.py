@@ -247,3 +247,19 @@ def test_a_local_pretrained_directorys_config_wins(tmp_path: Path) -> None:
     model, origin = meta_module(plan.recipes["transformer"])
     assert Path(origin) == local / "config.json"
     assert len(model.transformer_blocks) == 3 != tiny.config["num_layers"]
+
+
+def test_validation_costs_the_device_nothing_when_it_decodes_in_the_background(tmp_path: Path) -> None:
+    """The plan's validation line: 0 with the default background decode, the VAE's weights when it decodes on the
+    device or encodes validation images there (LTX-2.3's shipped VAE config: 1.35 GiB bf16)."""
+    plan = compile_spec(load_spec(SPECS / "ltx-2.3.toml"))
+    lines = {}
+    for name, validation in {
+        "background": {"prompts": ["a"]},
+        "device": {"prompts": ["a"], "decode": "device"},
+        "images": {"prompts": ["a"], "images": ["a.png"]},
+    }.items():
+        cfg = config(tmp_path / "run", tmp_path / "no-cache", validation=validation)
+        lines[name] = plan_memory(plan, cfg, world=1, bucket=(9, 64, 96)).validation
+    assert lines["background"] == 0
+    assert lines["device"] == lines["images"] and round(lines["device"] / 2**30, 2) == 1.35

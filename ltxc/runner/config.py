@@ -158,6 +158,7 @@ class ValidationSection:
     guidance: float | None = None
     seed: int = 0
     images: tuple[str, ...] = ()
+    decode: Literal["background", "device"] = "background"
 
 
 @frozen

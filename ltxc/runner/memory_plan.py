@@ -232,10 +232,13 @@ def _block_bytes(block: torch.nn.Module, config: RunConfig, frozen_only: bool = 
 
 
 def validation_bytes(plan: Plan, config: RunConfig) -> tuple[int, str]:
-    """The VAE that decodes validation videos, when validation prompts are set (their text is encoded once,
-    before training, so the text encoder never sits beside the transformer)."""
+    """The VAE on the training device for validation, when prompts are set: to decode in line
+    (`validation.decode = "device"`) or to encode validation images (their text is encoded once, before
+    training, so the text encoder never sits beside the transformer)."""
     if not config.validation.prompts:
         return 0, "no validation prompts"
+    if config.validation.decode == "background" and not config.validation.images:
+        return 0, "decoded on the CPU in the background (validation.decode)"
     role = "vae"
     if role not in plan.recipes:
         return 0, "no VAE in the spec"

@@ -103,6 +103,8 @@ def _train(plan: Plan, config: RunConfig, device: str | None, stop_after: int | 
             validator.run(model, done, log.metrics)
         if _checkpoint_due(config, done, end):
             checkpoint = _save(t, run, done, meta)
+    if validator is not None:
+        validator.finish(log.metrics)  # the last background decode, logged before the sinks close
     log.close()
     # finish: the last checkpoint, the exports once the whole run is done, the loss curve
     if end > start:

@@ -6,8 +6,9 @@ TensorBoard. The VAE and text encoder are built only here, and only when prompts
 
 The prompts (and the negative prompt) are encoded once, when the validator is set up — before the training
 transformer is built — and the text encoder is freed at once: it never sits beside the training transformer,
-and every validation reuses the same text. The VAE is built at the first validation and stays on the device
-(decoding is not moved off the critical path).
+and every validation reuses the same text. With `validation.decode = "background"` (the default) rank 0 decodes
+the final latents on the CPU in a worker thread while training goes on (`validation_decode`): the VAE reaches
+the training device only to encode a validation image, never to decode. `"device"` decodes in line on it.
 
 With `validation.images`, each prompt's video is generated from its image through the spec's task that takes an
 image (image-to-video): the images are read once at set-up (a bad file fails before training starts), resized to
@@ -27,6 +28,7 @@ from ltxc.runner.distributed import Distributed, barrier
 from ltxc.runner.metrics import MetricsLogger
 from ltxc.runner.parallelize import unsharded_autocast
 from ltxc.runner.run_dir import RunDir
+from ltxc.runner.validation_decode import BackgroundDecoder, Decoded, DecodeJob
 
 
 class Validator:
@@ -55,6 +57,9 @@ class Validator:
         self.components = components
         self._encode_prompts()
         self.images = self._read_images()
+        # rank 0 decodes on the CPU in a worker thread, off the step loop (the VAE never reaches the device)
+        background = validation.decode == "background" and info.is_main
+        self.decoder = BackgroundDecoder(plan, components, self.sampler._role_dtype) if background else None
 
     def _encode_prompts(self) -> None:
         """Encode every prompt and the negative prompt as the sampler would, keep them on the CPU, and free the
@@ -85,26 +90,49 @@ class Validator:
         return last or (every > 0 and step % every == 0)
 
     def run(self, model: torch.nn.Module, step: int, logger: MetricsLogger) -> list[Path]:
-        """Sample every prompt with the live weights; return the files written (rank 0)."""
+        """Sample every prompt with the live weights; return the files written (rank 0) — in the background
+        decode, the previous validation's, whose decode this one waits for."""
         from ltxc.media.write import contact_sheet, write_frames
 
         s = self.validation
         self.sampler._transformer = model  # the live (possibly sharded) model, not the spec's weights
         self.sampler.compute_dtype = self.compute_dtype
         written: list[Path] = []
+        jobs: list[DecodeJob] = []
         folder = self.run_dir.validation(step)
         for index, (prompt, image) in enumerate(zip(s.prompts, self.images, strict=True)):
             with unsharded_autocast(model, self.compute_dtype, self.info.device):
                 result = self.sampler([prompt], negative_prompt=s.negative_prompt, frames=s.frames, height=s.height,
                                       width=s.width, fps=self.fps, steps=s.steps, guidance=s.guidance,
-                                      seed=s.seed, image=image)  # fmt: skip
-            if self.info.is_main:
-                video = result.video[0]
-                written.append(write_frames(video, folder / f"prompt-{index}.mp4", fps=result.fps))
-                written.append(write_frames(video, folder / f"prompt-{index}.png", fps=result.fps))
-                logger.log_image(f"validation/prompt-{index}", contact_sheet(video), step)
+                                      seed=s.seed, image=image, decode=s.decode == "device")  # fmt: skip
+            if not self.info.is_main:
+                continue
+            if result.video is None:  # decoded in the background
+                assert result.undecoded is not None and result.decode_state is not None
+                jobs.append(DecodeJob(index, result.undecoded, result.decode_state, result.fps, folder))
+                continue
+            video = result.video[0]
+            written.append(write_frames(video, folder / f"prompt-{index}.mp4", fps=result.fps))
+            written.append(write_frames(video, folder / f"prompt-{index}.png", fps=result.fps))
+            logger.log_image(f"validation/prompt-{index}", contact_sheet(video), step)
+        if self.decoder is not None and self.info.is_main:
+            written += _logged(self.decoder.collect(), logger)
+            self.decoder.submit(step, jobs)
         barrier()
         return written
+
+    def finish(self, logger: MetricsLogger) -> list[Path]:
+        """Wait for the last background decode and log it; the files it wrote (rank 0)."""
+        return _logged(self.decoder.close(), logger) if self.decoder is not None else []
+
+
+def _logged(decoded: Decoded | None, logger: MetricsLogger) -> list[Path]:
+    """Log a finished background decode's contact sheets at its own step; its files."""
+    if decoded is None:
+        return []
+    for index, sheet in decoded.sheets.items():
+        logger.log_image(f"validation/prompt-{index}", sheet, decoded.step)
+    return decoded.written
 
 
 def read_image(path: str, height: int, width: int) -> torch.Tensor:
