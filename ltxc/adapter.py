@@ -20,7 +20,7 @@ from ltxc.spec.expr import Expr
 Text = Mapping[str, torch.Tensor]
 
 # The names `Adapter.environment` gives every call expression. Besides these it gives the geometry numbers,
-# `text.<name>` for each text tensor and `<stream>.latents` / `<stream>.joint` for each stream; the compiler
+# `text.<name>` for each text tensor and `<stream>.latents` / `.joint` / `.sigma` for each stream; the compiler
 # checks expressions against exactly this vocabulary (`ltxc.compiler.call_names`).
 CALL_NAMES = frozenset(
     {
@@ -66,13 +66,15 @@ class Adapter:
         compute_dtype: torch.dtype | None = None,
         grid: tuple[int, int, int] | None = None,
         conditions: TokenConditions | None = None,
+        stream_sigmas: Mapping[str, torch.Tensor] | None = None,
     ) -> dict[str, Any]:
         """The names a call expression may read, for this batch.
 
         `latents` are [B, C, F, H, W], or already in the transformer's layout when `grid` gives their latent
         (frames, height, width), as the sampler keeps them (with any appended condition tokens after the
         target's). `timestep` defaults to the spec's `[flow] timestep` of σ; a stream not given gets its zero
-        dummy; `conditions` (none: text-to-video) give `condition.mask` and `reference.*`, repeated to the batch.
+        dummy; `conditions` (none: text-to-video) give `condition.mask` and `reference.*`, repeated to the batch;
+        `<stream>.sigma` is the stream's own σ [B] from `stream_sigmas` (joint training, independent σ), else σ.
         """
         b = latents.shape[0]
         f, h, w = grid if grid is not None else latents.shape[2:]
@@ -107,6 +109,8 @@ class Adapter:
             if value is None:
                 value = self.dummy_stream(name, env, latents)
             env[f"{name}.latents"] = value.to(latents.dtype)
+            own = (stream_sigmas or {}).get(name)
+            env[f"{name}.sigma"] = sigma if own is None else own.to(sigma.device, torch.float32)
         return env
 
     def dummy_stream(self, name: str, env: Mapping[str, Any], like: torch.Tensor) -> torch.Tensor:

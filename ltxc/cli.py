@@ -90,6 +90,13 @@ def _add_preprocess(commands: argparse._SubParsersAction) -> None:
         default="skip",
         help="a missing, empty or non-UTF-8 caption: skip the sample, use the file name, or use '' (default: skip)",
     )
+    p.add_argument(
+        "--missing-audio",
+        choices=["drop", "silence", "mask"],
+        default="mask",
+        help="a clip without sound when the spec declares an audio source: drop it, encode silence, or cache zeros "
+        "with audio_mask 0 so training leaves its audio out of the loss (default: mask; docs/audio.md)",
+    )
     p.add_argument("--fps", type=float, help="take frames at this rate (default: the spec's fps)")
     p.add_argument("--start", type=float, default=0.0, help="first frame time in seconds (default 0)")
     p.add_argument("--max-frames", type=int, help="most frames per clip (default: the spec's default frame count)")
@@ -144,6 +151,7 @@ def _preprocess(args: argparse.Namespace) -> int:
         path_key=args.path_key,
         caption_key=args.caption_key,
         missing_caption=args.missing_caption,
+        missing_audio=args.missing_audio,
         fps=args.fps,
         start=args.start,
         max_frames=args.max_frames,
@@ -202,6 +210,20 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
         help="image-to-video: a still (PNG, JPEG, ...) or a video whose first frame becomes the first frame, resized "
         "to cover the generation size and centre-cropped (the spec's task that takes an image)",
     )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="a reference video for the spec's task that takes a video (its tokens follow the target's, clean): "
+        "its first frames at the generation's frame rate, as many as the generation has, resized to cover the "
+        "generation size / the condition's downscale and centre-cropped",
+    )
+    p.add_argument(
+        "--reference-strength",
+        type=float,
+        default=1.0,
+        help="how clean the reference's tokens are kept: 1 (default) clean at timestep 0 through every step, "
+        "below 1 partly noised (timestep t * (1 - strength))",
+    )
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -225,6 +247,8 @@ def _generate(args: argparse.Namespace) -> int:
         device=args.device,
         compare_cache=args.compare_cache,
         image=args.image,
+        reference=args.reference,
+        reference_strength=args.reference_strength,
     )
 
 

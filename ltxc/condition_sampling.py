@@ -50,18 +50,45 @@ def encode_images(vae: Any, pixels: Tensor, dtype: torch.dtype, encode: str, gen
     The pixels are cast to `dtype` (the prompt's, as the pipelines cast them) and then to the VAE's (the same
     dtype in the reference pipelines); `encode = "sample"` draws from `generator`.
     """
+    return encode_clips(vae, pixels.unsqueeze(2), dtype, encode, generator).to(torch.float32)
+
+
+def encode_clips(vae: Any, pixels: Tensor, dtype: torch.dtype, encode: str, generator: torch.Generator) -> Tensor:
+    """Pixels [B, 3, F, H, W] -> VAE latents [B, C, F', H', W'] in the VAE's dtype, one clip at a time.
+
+    The pixels are cast to `dtype`, then to the VAE's; `encode = "sample"` draws from `generator`, "mode" draws
+    nothing.
+    """
     vae_dtype = getattr(vae, "dtype", dtype)
     device = next(vae.parameters()).device
     pixels = pixels.to(device=device, dtype=dtype)
     latents = []
-    for image in pixels:
-        output = vae.encode(image.unsqueeze(0).unsqueeze(2).to(vae_dtype))
+    for clip in pixels:
+        output = vae.encode(clip.unsqueeze(0).to(vae_dtype))
         if hasattr(output, "latent_dist"):
             dist = output.latent_dist
             latents.append(dist.mode() if encode == "mode" else dist.sample(generator))
         else:  # a VAE without a posterior hands out its latents
             latents.append(output.latents)
-    return torch.cat(latents, dim=0).to(torch.float32)
+    return torch.cat(latents, dim=0)
+
+
+def clean_latents(
+    vae: Any,
+    pixels: Tensor,
+    condition: CompiledCondition,
+    prompt_dtype: torch.dtype,
+    normaliser: Any,
+    generator: torch.Generator,
+) -> Tensor:
+    """A condition's input [B, 3, F, H, W] -> its normalised clean latents [B, C, F', H', W'] float32, at the
+    condition's `encode_dtype`: "prompt" casts the pixels to the prompt's dtype (then the VAE's) and the latents to
+    float32 before normalising; "vae" casts the pixels to the VAE's dtype and normalises in it, then casts."""
+    if condition.encode_dtype == "vae":
+        latents = encode_clips(vae, pixels, getattr(vae, "dtype", prompt_dtype), condition.encode, generator)
+        return normaliser.normalise(latents).to(torch.float32)
+    latents = encode_clips(vae, pixels, prompt_dtype, condition.encode, generator)
+    return normaliser.normalise(latents.to(torch.float32))
 
 
 @frozen(eq=False)
@@ -72,6 +99,7 @@ class SamplingConditions:
     tokens: TokenConditions  # mask [B, S] over the target's tokens, then any appended ones; their clean latents
     target_tokens: int  # the first `target_tokens` of the S are the target's (decoded); the rest are appended
     held: Tensor  # [S] bool: the tokens the scheduler leaves as they are (keep = "skip")
+    blend: Tensor | None = None  # [B, S] float32: how much of each token's x0 is the clean latents (keep = "blend")
 
     @property
     def call(self) -> Mapping[str, Expr]:
@@ -81,6 +109,25 @@ class SamplingConditions:
     def target(self, latents: Tensor) -> Tensor:
         """The target's tokens of latents in the transformer's layout (the appended ones dropped)."""
         return latents[:, : self.target_tokens]
+
+    @property
+    def appended_cells(self) -> int:
+        """The latent cells of an appended condition (0 without one): a resolution shift counts them too."""
+        f, h, w = self.tokens.reference_grid
+        return f * h * w if self.tokens.appended else 0
+
+    @property
+    def x0_hook(self) -> Callable[[Tensor], Tensor] | None:
+        """The blend of a step's guided x0 prediction with the clean latents (None: no condition blends)."""
+        return None if self.blend is None else self.blended
+
+    def blended(self, x0: Tensor) -> Tensor:
+        """x0 [B, S, C] -> `(x0 * (1 - m) + clean * m)` in x0's dtype, m the blend weight: as the pipelines blend
+        the denoised prediction before converting it back to a velocity, so a clean token's velocity is 0."""
+        if self.blend is None or self.tokens.clean is None:
+            return x0
+        m = self.blend.to(x0.device).unsqueeze(-1)
+        return (x0 * (1 - m) + self.tokens.clean.to(x0.device).float() * m).to(x0.dtype)
 
     def step(self, scheduler_step: SchedulerStep, velocity: Tensor, sample: Tensor) -> Tensor:
         """One scheduler step on the tokens no condition holds; the held ones are kept as they are."""
@@ -93,18 +140,31 @@ class SamplingConditions:
         return out
 
 
+# The (place, keep) pairs sampling supports, and a task may not mix frames and appended conditions.
+SUPPORTED = frozenset({("frames", "skip"), ("append", "blend")})
+
+
 def check_task(task: CompiledTask, inputs: Mapping[str, Tensor], layout: str) -> None:
     """A clear error unless the task can be sampled with these inputs (by input kind) in this layout."""
+    for kind in inputs:
+        if task.condition(kind) is None:
+            raise UserError(f"task {task.name!r} takes no {kind!r} input")
     for condition in task.conditions.values():
         if condition.input not in inputs:
             raise UserError(
                 f"task {task.name!r} needs the {condition.input!r} input of its condition {condition.name!r}"
             )
-        if condition.place != "frames" or condition.keep != "skip":
+        if (condition.place, condition.keep) not in SUPPORTED:
             raise UserError(
                 f"task {task.name!r}, condition {condition.name!r}: sampling supports place = 'frames' with "
-                f"keep = 'skip' so far (got place = {condition.place!r}, keep = {condition.keep!r})"
+                f"keep = 'skip' and place = 'append' with keep = 'blend' so far (got place = {condition.place!r}, "
+                f"keep = {condition.keep!r})"
             )
+    places = [c.place for c in task.conditions.values()]
+    if "append" in places and len(places) > 1:
+        raise UserError(
+            f"task {task.name!r}: sampling supports one appended condition alone so far (it has {len(places)})"
+        )
     if layout != "tokens":
         raise UserError(f"task {task.name!r}: conditioned sampling needs the 'tokens' layout, the spec has {layout!r}")
 

@@ -25,6 +25,11 @@ Text = dict[str, Tensor]
 InputRecorder = Callable[[tuple[str, ...], Mapping[str, Any]], None]
 # The call names that carry a step's noise level: a keyword whose expression reads one is traced as `input.<keyword>`.
 NOISE_LEVEL = frozenset({"sigma", "timestep"})
+# The call names a task's conditions set: a keyword whose expression reads one is traced too (e.g. the positions of
+# appended tokens).
+CONDITION_NAMES = frozenset(
+    {"condition.mask", "reference.frames", "reference.height", "reference.width", "reference.downscale"}
+)
 
 
 class Guide:
@@ -44,11 +49,28 @@ class Guide:
         roles = dict(zip(("uncond", "cond"), prediction.chunk(2), strict=True)) if self.cfg else {"cond": prediction}
         return self.combine({**roles, **perturbed}, sample, sigma, stream)
 
-    def combine(self, predictions: Mapping[str, Tensor], sample: Tensor, sigma: Tensor, stream: str = VIDEO) -> Tensor:
+    def combine(
+        self,
+        predictions: Mapping[str, Tensor],
+        sample: Tensor,
+        sigma: Tensor,
+        stream: str = VIDEO,
+        x0_hook: Callable[[Tensor], Tensor] | None = None,
+    ) -> Tensor:
         """The guided velocity from the predictions by role: `cond`, `uncond` (when CFG runs), each active term's given.
 
         Computed in the predictions' dtype (float32, or the model's under `[sampler] guidance_dtype = "model"`).
+        `x0_hook` (a task's blend with its clean latents) maps the guided clean-latent prediction x - σ·v before it
+        becomes a velocity again.
         """
+        guided = self._guided(predictions, sample, sigma, stream)
+        if x0_hook is None:
+            return guided if self.space == "velocity" else (sample - guided) / sigma
+        x0 = guided if self.space == "x0" else sample - guided * sigma
+        return (sample - x0_hook(x0)) / sigma
+
+    def _guided(self, predictions: Mapping[str, Tensor], sample: Tensor, sigma: Tensor, stream: str) -> Tensor:
+        """The guided prediction in the guidance space: a velocity, or clean latents (x0)."""
         guidance = self.stream_guidance.get(stream, self.guidance)
         cond = predictions["cond"]
         perturbed = {t.name: predictions[t.name] for t in self.active_terms if t.name in predictions}
@@ -66,7 +88,7 @@ class Guide:
             guided = guided + self.weights[name] * (cond_x0 - to_x0(value))
         if self.rescale > 0:
             guided = _rescale(guided, cond_x0, self.rescale)
-        return (sample - guided) / sigma
+        return guided
 
 
 def cfg_passes(
@@ -150,6 +172,11 @@ def _rescale(guided: Tensor, cond: Tensor, factor: float) -> Tensor:
 def noise_level_keywords(call: Mapping[str, Expr]) -> list[str]:
     """The transformer keywords whose call expression reads the step's noise level (σ or the timestep), in order."""
     return [key for key, expr in call.items() if expr.names & NOISE_LEVEL]
+
+
+def traced_keywords(call: Mapping[str, Expr]) -> list[str]:
+    """The keywords traced as `input.<keyword>`: those reading the noise level or a task's condition names."""
+    return [key for key, expr in call.items() if expr.names & (NOISE_LEVEL | CONDITION_NAMES)]
 
 
 def input_recorder(trace: Callable[[str, Tensor], None], keywords: Sequence[str]) -> InputRecorder:

@@ -36,6 +36,9 @@ class CompiledStream:
     output: int
     sample: str  # "joint" or "dummy"
     guidance: float | None = None  # its own CFG scale, else the sampler's
+    sigma: str = "shared"  # joint training: "shared" (the video's σ) or "independent" (its own draw and shift)
+    modules: tuple[str, ...] = ()  # parameter-name parts of its branch and the cross-modal modules
+    source: spec_types.AudioSourceSpec | None = None  # preprocessing: how a clip's sound becomes its latents
 
 
 @frozen
@@ -63,6 +66,7 @@ class CompiledCondition:
     downscale: int
     reference_input: spec_types.ReferenceInputSpec | None = None
     reference_extra: dict[str, Expr] = attrs.field(factory=dict)  # reference_input.extra, compiled (of `strength`)
+    encode_dtype: str = "prompt"  # sampling: "prompt" (to float32, then normalised) or "vae" (normalised, then cast)
 
 
 @frozen
@@ -76,6 +80,7 @@ class CompiledTask:
     reference: str | None = None
     reference_args: dict[str, Expr] = attrs.field(factory=dict)  # [model] reference_args, then the task's
     lora_metadata: dict[str, Expr] = attrs.field(factory=dict)
+    noise: str = "grid"  # sampling's initial noise: "grid" (each stream's own shape, then packed) or "packed"
 
     def condition(self, input_kind: str) -> CompiledCondition | None:
         """The condition fed by `input_kind` ("image" or "video"), if the task has one."""
@@ -135,7 +140,8 @@ class Plan:
         found = [t for t in self.tasks.values() if t.condition(input_kind) is not None]
         if len(found) != 1:
             what = "no task takes" if not found else f"{len(found)} tasks take ({', '.join(t.name for t in found)})"
-            raise UserError(f"spec {self.name!r}: {what} an {input_kind!r} input; see its [tasks]")
+            article = "an" if input_kind[:1] in ("a", "e", "i", "o", "u") else "a"
+            raise UserError(f"spec {self.name!r}: {what} {article} {input_kind!r} input; see its [tasks]")
         return found[0]
 
     @property

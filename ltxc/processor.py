@@ -38,6 +38,7 @@ class Processor:
         self._text: tuple[Any, Any] | None = None
         self._normaliser: Any = None
         self._stage: Any = None
+        self._audio: Any = None
 
     # -- video -------------------------------------------------------------------------------------
     @property
@@ -80,6 +81,18 @@ class Processor:
         if self._normaliser is None:
             self._normaliser = self.plan.normaliser(self.components)
         return self._normaliser
+
+    # -- audio -----------------------------------------------------------------------------------------
+    @property
+    def audio(self) -> Any:
+        """The `ltxc.audio.AudioEncoder` of the spec's audio source, or None when the spec declares none."""
+        if self._audio is None:
+            from ltxc.audio import AudioEncoder, audio_stream
+
+            if audio_stream(self.plan) is None:
+                return None
+            self._audio = AudioEncoder(self.plan, self.components, self.device)
+        return self._audio
 
     # -- text ------------------------------------------------------------------------------------------
     def _text_modules(self) -> tuple[Any, Any]:
@@ -179,8 +192,10 @@ class Processor:
         _empty_device_cache(self.device)
 
     def free_vae(self) -> None:
-        """Drop the VAE (from this processor and its components); a later video call builds it again."""
+        """Drop the VAEs (from this processor and its components); a later video call builds them again."""
         self._vae = None
+        if self._audio is not None:
+            self._audio.release()
         release = getattr(self.components, "release", None)
         if release is not None:
             release(self.plan.latent.vae)

@@ -8,7 +8,8 @@ scheduler gets the spec's σ rule and shift; CFG runs batched or as separate pas
 in float32 or the model's dtype; the decode runs the spec's ordered steps, its noise drawn from the same
 generator after the initial noise (`latent_decode`). An image conditions the run with the spec's task that takes one
 (`[tasks.<name>]`): its clean latents are encoded and mixed in before the first step and kept through every step
-(`condition_sampling`), through the task's call mapping.
+(`condition_sampling`), through the task's call mapping; a reference video, with the task that takes a video, adds
+its clean tokens after the target's (`appended_sampling`).
 """
 
 from __future__ import annotations
@@ -24,22 +25,23 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ltxc.adapter import Adapter
+from ltxc.appended_sampling import appended_condition, start_appended
 from ltxc.components import module_dtype
 from ltxc.condition_sampling import (
     SamplingConditions,
     advance,
     check_image,
     check_task,
+    clean_latents,
     condition_for,
-    encode_images,
     start_latents,
 )
 from ltxc.errors import UserError
 from ltxc.geometry import LatentShape
-from ltxc.guidance import Guide, Step, Text, cfg_passes, input_recorder, noise_level_keywords
+from ltxc.guidance import Guide, Step, Text, cfg_passes, input_recorder, traced_keywords
 from ltxc.initial_noise import stream_noise, video_noise
 from ltxc.latent_decode import decode_latents
-from ltxc.plan import VIDEO, Plan
+from ltxc.plan import VIDEO, CompiledCondition, Plan
 from ltxc.processor import Processor
 from ltxc.schedule import set_schedule
 
@@ -63,6 +65,10 @@ class Generation:
     steps: int
     guidance: float
     task: str | None = None  # the conditioned task that ran (e.g. the one taking an image), None for text-to-video
+    # with decode=False: the final latents as the decode takes them (their dtype, on the CPU) and the generator's
+    # state where the decode's draws begin, so `decode_latents` can run later, elsewhere, with the same noise
+    undecoded: Tensor | None = None
+    decode_state: Tensor | None = None
 
 
 @frozen
@@ -148,6 +154,8 @@ class Sampler:
         trace: Trace | None = None,
         image: Tensor | None = None,
         task: str | None = None,
+        reference: Tensor | None = None,
+        reference_strength: float = 1.0,
     ) -> Generation:
         """Generate one video per prompt; every unset argument comes from the spec's `[sampler]`.
 
@@ -155,12 +163,17 @@ class Sampler:
         frame; `condition_sampling.image_pixels` makes them from uint8 RGB): the run is the spec's task that takes
         an image (`task` names it when several do), its condition's tokens clean at every step.
 
+        `reference`: pixels [B or 1, 3, F, H / d, W / d] float32 in [-1, 1] (F frames at the generation size / d,
+        d the condition's `downscale`; `appended_sampling.video_pixels` makes them): the spec's task that takes a
+        video, its tokens after the target's at mask `reference_strength` (1: clean, timestep 0, every step).
+
         `trace` (else the constructor's) is called with each stage's tensor: `text.<name>` and
         `negative_text.<name>` (as the transformer gets them), `sigmas`, `timesteps`, `noise.<stream>` (the initial
         latents: the noise, with a task's clean tokens in place), at the first step `input.<keyword>.<role>` (each
-        keyword whose call expression reads σ or the timestep, as the transformer gets it),
-        `prediction.<stream>.<role>` (role: uncond, cond or a perturbation's name; float32) and `step1.<stream>`,
-        then `final.<stream>` and `frames`; latents in the transformer's layout (the target's tokens only in `final`).
+        keyword whose call expression reads σ, the timestep or a task's condition names, as the transformer gets
+        it), `prediction.<stream>.<role>` (role: uncond, cond or a perturbation's name; float32) and
+        `step1.<stream>`, then `final.<stream>` and `frames`; latents in the transformer's layout (appended tokens
+        included, but not in `final`).
         """
         prompts = _prompt_list(prompts)
         run = self._resolve(negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale)
@@ -172,9 +185,12 @@ class Sampler:
                 for name, value in tensors.items():
                     trace(f"{prefix}.{name}", value.to(dtype) if value.is_floating_point() else value)
         generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
-        latents, conditions = self._start(len(prompts), run, image, task, dtype, generator)
-        timesteps, sigmas = self._schedule(run.steps, run.shape)
-        latents.update(stream_noise(self.adapter, latents[VIDEO], run.shape, sigmas, text, run.fps, generator))
+        inputs = {kind: value for kind, value in (("image", image), ("video", reference)) if value is not None}
+        latents, conditions = self._start(len(prompts), run, inputs, task, dtype, generator, reference_strength)
+        appended = 0 if conditions is None else conditions.appended_cells  # a resolution shift counts them
+        timesteps, sigmas = self._schedule(run.steps, run.shape, appended)
+        packed = conditions is not None and conditions.task.noise == "packed"
+        latents.update(stream_noise(self.adapter, latents[VIDEO], run.shape, sigmas, text, run.fps, generator, packed))
         _emit(trace, {"sigmas": sigmas, "timesteps": timesteps, **_named("noise", latents)})
         final = self._denoise(latents, text, negative, timesteps, sigmas, run, dtype, progress, trace, conditions)
         if conditions is not None:
@@ -197,6 +213,8 @@ class Sampler:
             steps=run.steps,
             guidance=run.guidance,
             task=None if conditions is None else conditions.task.name,
+            undecoded=None if decode else grid.cpu(),
+            decode_state=None if decode else generator.get_state(),
         )
 
     def _resolve(
@@ -253,27 +271,41 @@ class Sampler:
         self,
         batch: int,
         run: _Run,
-        image: Tensor | None,
+        inputs: Mapping[str, Tensor],
         task: str | None,
         dtype: torch.dtype,
         generator: torch.Generator,
+        strength: float = 1.0,
     ) -> tuple[dict[str, Tensor], SamplingConditions | None]:
-        """The video's initial latents in the transformer's layout (a task's clean tokens in place) and the task's
-        conditions (None for text-to-video). An image is encoded before the noise is drawn, as the pipelines do."""
-        if image is None:
+        """The video's initial latents in the transformer's layout (a task's clean tokens in place or appended) and
+        the task's conditions (None for text-to-video). An input is encoded before the noise is drawn, as the
+        pipelines do."""
+        if not inputs:
             if task is not None:
-                raise UserError(f"task {task!r} conditions on an input: give an image")
+                raise UserError(f"task {task!r} conditions on an input: give an image or a reference video")
             return {VIDEO: self.plan.geometry.pack(video_noise(batch, run.shape, generator, self.device))}, None
-        chosen = self.plan.task(task) if task is not None else self.plan.task_for("image")
-        check_task(chosen, {"image": image}, self.plan.geometry.layout)
-        check_image(image, batch, run.height, run.width)
+        kind = "video" if "video" in inputs else "image"
+        chosen = self.plan.task(task) if task is not None else self.plan.task_for(kind)
+        check_task(chosen, inputs, self.plan.geometry.layout)
+        if (appended := appended_condition(chosen)) is not None:
+            encode = lambda pixels: self._clean(appended, pixels, dtype, generator)  # noqa: E731
+            size = (run.frames, run.height, run.width)
+            return start_appended(self.plan.geometry, chosen, appended, inputs["video"], encode, size, batch,
+                                  run.shape.tokens, generator, self.device, strength)  # fmt: skip
+        check_image(inputs["image"], batch, run.height, run.width)
         condition = condition_for(chosen, "image")
-        latents = encode_images(self.processor.vae, image, dtype, condition.encode, generator)
-        # the condition's own normaliser: the pipelines normalise the image without the VAE's scaling factor
-        clean = {condition.name: self.plan.normaliser(self.components, spec=condition.normalise).normalise(latents)}
+        clean = {condition.name: self._clean(condition, inputs["image"].unsqueeze(2), dtype, generator)}
         noise = video_noise(batch, run.shape, generator, self.device)
         packed, conditions = start_latents(self.plan.geometry, chosen, clean, noise)
         return {VIDEO: packed}, conditions
+
+    def _clean(
+        self, condition: CompiledCondition, pixels: Tensor, dtype: torch.dtype, generator: torch.Generator
+    ) -> Tensor:
+        """A condition's input [B, 3, F, H, W] -> its clean latents, normalised with the condition's own normaliser
+        (the pipelines normalise an input without the VAE's scaling factor)."""
+        normaliser = self.plan.normaliser(self.components, spec=condition.normalise)
+        return clean_latents(self.processor.vae, pixels, condition, dtype, normaliser, generator)
 
     def _denoise(
         self,
@@ -297,28 +329,25 @@ class Sampler:
         grid = (run.shape.frames, run.shape.height, run.shape.width)
         call = self.plan.call if conditions is None else conditions.call
         tokens = None if conditions is None else conditions.tokens
+        blend = None if conditions is None else conditions.x0_hook
         was_training = transformer.training
         transformer.eval()  # a live training model may come in training mode; it goes back to it below
         bar = tqdm(total=len(timesteps), desc="sample", unit="step", file=sys.stderr, disable=not progress)
         try:
             for i, t in enumerate(timesteps):
-                record = input_recorder(trace, noise_level_keywords(call)) if trace is not None and i == 0 else None
+                record = input_recorder(trace, traced_keywords(call)) if trace is not None and i == 0 else None
                 step = Step(self.adapter, transformer, latents, sigmas[i], t, run.fps, dtype, grid,
                             conditions=tokens, call=call, record=record)  # fmt: skip
                 predictions = step.predictions(passes, text, guide, self.settings.guidance_dtype)
                 if trace is not None and i == 0:
                     for role, values in predictions.items():
                         _emit(trace, {f"prediction.{n}.{role}": v.float() for n, v in values.items()})
-                latents = {  # the video first, then the streams in name order
-                    name: advance(
-                        schedulers[name],
-                        t,
-                        guide.combine({role: p[name] for role, p in predictions.items()}, x, sigmas[i], name),
-                        x,
-                        conditions if name == VIDEO else None,
-                    )
+                latents = {  # the video first, then the streams in name order; a task's blend and held tokens
+                    name: advance(schedulers[name], t, guide.combine({role: p[name] for role, p in predictions.items()},
+                                  x, sigmas[i], name, blend if name == VIDEO else None), x,
+                                  conditions if name == VIDEO else None)
                     for name, x in latents.items()
-                }
+                }  # fmt: skip
                 if i == 0:
                     _emit(trace, _named("step1", latents))
                 bar.update()
@@ -332,9 +361,10 @@ class Sampler:
             return {name: t.to(self.device) for name, t in self.encoded[tuple(prompts)].items()}
         return {name: t.to(self.device) for name, t in self.processor.transformer_text(prompts).items()}
 
-    def _schedule(self, steps: int, shape: LatentShape) -> tuple[Tensor, Tensor]:
-        """Set the scheduler's timesteps with the spec's σ rule and shift; return (timesteps, σ)."""
-        return set_schedule(self.settings, self.scheduler, steps, shape, self.device)
+    def _schedule(self, steps: int, shape: LatentShape, appended: int = 0) -> tuple[Tensor, Tensor]:
+        """Set the scheduler's timesteps with the spec's σ rule and shift (a resolution shift counting `appended`
+        tokens of a task's appended condition too); return (timesteps, σ)."""
+        return set_schedule(self.settings, self.scheduler, steps, shape, self.device, appended)
 
     def _decode(self, latents: Tensor, generator: torch.Generator) -> Tensor:
         """Normalised latents -> frames [B, F, H, W, 3] in [0, 1], by `[sampler] decode`'s steps in order."""

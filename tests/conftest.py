@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 import pytest
+from distributed_worker import GroupRun, run_groups
 
 from ltxc.cli import main
 
@@ -119,3 +120,22 @@ def embedded_default_run(tmp_path_factory: pytest.TempPathFactory) -> CommandRun
     interpreter; synthetic media, preprocessing, 400 steps, exports under runs/default/): ~30 s on 2 cores, so it
     runs once per session. Read-only for its users: a test that writes (e.g. a generated video) writes new files."""
     return ltxc_subprocess("run", "train", "--set", "log.progress=false", cwd=tmp_path_factory.mktemp("embedded"))
+
+
+@attrs.frozen
+class SharedTorchrun:
+    """The session's one shared 2-rank torchrun launch (tests/distributed_worker.py): each group's results."""
+
+    groups: dict[str, GroupRun]
+
+    def group(self, name: str) -> GroupRun:
+        assert name in self.groups, f"group {name!r} was not launched: mark its tests @pytest.mark.shared_torchrun"
+        return self.groups[name]
+
+
+@pytest.fixture(scope="session")
+def shared_torchrun(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SharedTorchrun:
+    """Every 2-rank scenario that the selected tests need (`@pytest.mark.shared_torchrun("group")`), prepared and
+    run in one torchrun launch when the first of those tests starts (see tests/distributed_worker.py)."""
+    names = {mark.args[0] for item in request.session.items for mark in item.iter_markers("shared_torchrun")}
+    return SharedTorchrun(run_groups(sorted(names), tmp_path_factory.mktemp("shared-torchrun")))

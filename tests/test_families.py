@@ -10,8 +10,8 @@ Covers, for each of specs/tiny/ltx.toml, ltx-2.3.toml and wan-2.1.toml:
 - a deliberately broken copy (a child spec changing one model fact) fails: exit 1, latents max |Δ| > 1e-4
   (measured: ltx 2.4e-02, ltx-2.3 1.1, wan-2.1 1.5);
 - (slow) the built-in synthetic sample set preprocessed with `ltxc run preprocess`, then `ltxc run train` on that
-  one cache, 100 steps LoRA and 100 steps full fine-tune: the loss goes down (last-10 mean / first-10 mean
-  measured 0.80 at most), the LoRA run writes the diffusers + ComfyUI LoRA exports and the full run the
+  one cache, 50 steps LoRA and 50 steps full fine-tune: the loss goes down (last-10% mean / first-10% mean
+  measured 0.84 at most, under 0.9), the LoRA run writes the diffusers + ComfyUI LoRA exports and the full run the
   transformer export; `ltxc run export` writes the same tensors again;
 - (slow) `ltxc run generate` from each final checkpoint and each export writes float frames (.safetensors) of the
   spec's frame count and size; a checkpoint and its export give the same frames within float rounding (1e-5), the
@@ -67,13 +67,14 @@ BROKEN = {
 }
 
 MODES = ("lora", "full")
-STEPS = 100
+STEPS = 50
 CHECKPOINT = f"step-{STEPS:08d}"
 EXPORTED = {"lora": "lora/pytorch_lora_weights.safetensors", "full": "transformer/diffusion_pytorch_model.safetensors"}
 PLAN = Path("plan") / "plan.json"  # relative to a family's working directory
 PROMPT = "a yellow square moving left to right on a dark green background"  # a training caption
-# last-10 mean / first-10 mean after 100 steps, measured (seed 0): ltx lora 0.75 / full 0.26, ltx-2.3 lora 0.80 /
-# full 0.72, wan-2.1 lora 0.71 / full 0.18; deterministic on CPU. A model that does not learn is ~1.
+# last-10% mean / first-10% mean after 50 steps, measured (seed 0): ltx lora 0.72 / full 0.48, ltx-2.3 lora 0.84 /
+# full 0.74, wan-2.1 lora 0.73 / full 0.33 (after 100 steps: 0.75 / 0.27, 0.80 / 0.72, 0.71 / 0.18; the LoRA ratios
+# settle within the first 50 steps); deterministic on CPU. A model that does not learn is ~1.
 MAX_RATIO = 0.9
 
 
@@ -247,8 +248,8 @@ def test_generate_from_checkpoints_and_exports(
     for mode in MODES:
         # the same weights, two ways of loading them: float rounding only (measured up to 1.5e-6), 1e-5
         assert report[f"{mode} checkpoint vs export"] <= 1e-5, report
-        # and not the base model's (measured 97-129 levels of 255; wan-2.1's random VAE decodes to flatter frames:
-        # 27): more than 8 levels
+        # and not the base model's (measured after 50 steps: 103-133 levels of 255; wan-2.1's random VAE decodes to
+        # flatter frames: 41): more than 8 levels
         assert report[f"{mode}-checkpoint"] > 8 / 255, report
 
 

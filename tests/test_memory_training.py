@@ -25,11 +25,11 @@ from typing import Any
 import attrs
 import pytest
 import torch
-from conftest import TINY_LTX, TINY_LTX2
+from conftest import TINY_LTX, TINY_LTX2, SharedTorchrun
 from diffusers import LTXPipeline
+from distributed_worker import Prepared, Scenario, shared_group
 from test_train import config, make_cache, read_checkpoint
-from test_train_distributed import assert_close
-from test_train_distributed import train as torchrun_train
+from test_train_distributed import Run, assert_close, make_workspace, train_args
 
 from ltxc.adapter import Adapter
 from ltxc.compiler import compile_spec
@@ -50,14 +50,19 @@ MODULES = ("transformer", "vae", "text_encoder")
 pytestmark = pytest.mark.usefixtures("module_process_group")
 
 
-@pytest.fixture(scope="module")
-def bf16_plan(tmp_path_factory: pytest.TempPathFactory) -> Plan:
-    """The tiny spec's twin with bf16 components (written beside the test, `extends` the tiny spec)."""
-    spec = tmp_path_factory.mktemp("bf16") / "bf16.toml"
+def write_bf16_twin(directory: Path) -> Path:
+    """The tiny spec's twin with bf16 components (written to `directory`, `extends` the tiny spec)."""
+    spec = directory / "bf16.toml"
     body = f'[model]\nname = "ltx-video-tiny-bf16"\nextends = {json.dumps(TINY_LTX.resolve().as_posix())}\n'
     body += "".join(f'\n[components.{role}]\ndtype = "bfloat16"\n' for role in MODULES)
     spec.write_text(body, encoding="utf-8")
-    return compile_spec(load_spec(spec))
+    return spec
+
+
+@pytest.fixture(scope="module")
+def bf16_plan(tmp_path_factory: pytest.TempPathFactory) -> Plan:
+    """The tiny spec's twin with bf16 components."""
+    return compile_spec(load_spec(write_bf16_twin(tmp_path_factory.mktemp("bf16"))))
 
 
 @pytest.fixture(scope="module")
@@ -323,30 +328,38 @@ def test_nf4_and_adamw_8bit_resume_exactly(plan: Plan, cache: Path, tmp_path: Pa
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
-@pytest.fixture(scope="module")
-def bf16_workspace(bf16_plan: Plan, media: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(plan.json of the bf16 twin, a cache of the same 4 clips preprocessed with it)."""
-    root = tmp_path_factory.mktemp("bf16-workspace")
-    return bf16_plan.save(root / "plan"), make_cache(bf16_plan, media, root / "cache")
+TWO_RANKS = "memory-training"  # the shared torchrun launch's group (tests/distributed_worker.py)
+LOW_MEMORY_SETS = ("train.base=nf4", "lora.rank=32", "optimizer.name=adamw_8bit", "checkpoint.every=6")
+
+
+@shared_group(TWO_RANKS)
+def prepare_two_ranks(root: Path) -> Prepared:
+    """The bf16 twin's plan and a cache of the same 4 clips; 12 steps on 2 ranks x batch 1 with a checkpoint at
+    step 6 ("straight"), then a second run resuming from that checkpoint ("resumed"): two runs, not three."""
+    plan_path, cache = make_workspace(root, write_bf16_twin(root))
+    checkpoint = root / "straight" / "checkpoints" / "step-00000006"
+    scenarios = []
+    for name, resume in (("straight", None), ("resumed", checkpoint)):
+        args = train_args(root / name, plan_path, cache, batch=1, mode="lora", sets=LOW_MEMORY_SETS, resume=resume)
+        scenarios.append(Scenario(name, tuple(args), cwd=root))
+    return Prepared({"root": root}, tuple(scenarios))
 
 
 @pytest.mark.slow
-def test_nf4_and_adamw_8bit_resume_exactly_on_two_ranks(bf16_workspace: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.shared_torchrun(TWO_RANKS)
+def test_nf4_and_adamw_8bit_resume_exactly_on_two_ranks(shared_torchrun: SharedTorchrun) -> None:
     # The bf16 twin: each FSDP2 unit holds NF4 weights, frozen bf16 parameters and float32 LoRA weights.
-    plan_path, cache = bf16_workspace
-    # 12 steps with a checkpoint at step 6; a second run resumes from that checkpoint (two launches, not three)
-    sets = ("train.base=nf4", "lora.rank=32", "optimizer.name=adamw_8bit", "checkpoint.every=6")
+    group = shared_torchrun.group(TWO_RANKS)
 
-    def run(name: str, resume: Path | None = None):  # type: ignore[no-untyped-def]
-        done = torchrun_train(tmp_path, name, plan_path, cache, ranks=2, batch=1, mode="lora", sets=sets,
-                              stop_after=None, resume=resume)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-5000:]
-        return done
+    def run(name: str) -> Run:
+        result = group[name]
+        assert result.returncode == 0, result.stderr[-5000:]
+        return Run(group.workspace["root"] / name, result.returncode, result.stderr, result.stdout)
 
     straight = run("straight")
     assert straight.stderr.count("nf4 base: quantised 26 frozen linear weights, left 1 as loaded") == 1  # rank 0
     assert {world for world, _, _ in straight.holds().values()} == {2}
-    resumed = run("resumed", resume=straight.run_dir / "checkpoints" / "step-00000006")
+    resumed = run("resumed")  # --resume straight's checkpoint at step 6
     assert sorted(resumed.losses()) == list(range(7, 13))
     after_six = {step: loss for step, loss in straight.losses().items() if step > 6}
     assert_close(resumed.losses(), after_six, 0.0)  # 8-bit moments and NF4 base: bit-equal after resume

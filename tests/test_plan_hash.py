@@ -20,10 +20,10 @@ from conftest import SPECS
 # resolved spec; the shipped specs also set input_dtype and decode). Caches and checkpoints made before issue 11
 # must be rebuilt (`ltxc run preprocess --overwrite`). Spec path relative to specs/ -> plan hash.
 PINNED = {
-    "ltx-2.3.toml": "8559a607d5e6209e1e52acb76276dd88b080d56d127fbd29b5df60083264eb49",
-    "ltx.toml": "1600696e2ee7b588af2f2056d6a6459bd29c22c7a67cf0623969130c33aa764d",
-    "tiny/ltx-2.3.toml": "6c186aa8b0b12e5added9761bc0831f2249c6678fadb2d128f703960227d184c",
-    "tiny/ltx.toml": "16270014d7bc70b283dda7df6ab67afcf9e0322892ae655af9f49fcbe93125ce",
+    "ltx-2.3.toml": "98cd63baa76667ae4acb8938f4db0e3167f32ba104c06bba4e99ecec1631631f",
+    "ltx.toml": "dfc883c1f9aa2841906db70146fc5b12010131fb56ab1a6099d2dd4ec3178543",
+    "tiny/ltx-2.3.toml": "ccc37e91e6e08ff3681dbf839ed617bb0ad0d384e3a0a279151884a3ce8fb779",
+    "tiny/ltx.toml": "2fab3683c97888e32a918f87c942b834e1859243f592a513ad4d0e19f5f26a36",
     "tiny/wan-2.1.toml": "ff7f376fa87719d6e97f7b38be5f13866bf605597d6f1c088ee1c35dbc2cc8e5",
     "wan-2.1.toml": "fec381e876e32c3497400cded03804ca4dc52c8ca0611692e9a635865f95f794",
 }

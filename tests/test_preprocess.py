@@ -49,8 +49,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_LTX, run_cli
+from conftest import ROOT, TINY_LTX, SharedTorchrun, run_cli
 from diffusers import LTXPipeline
+from distributed_worker import Prepared, Scenario, shared_group
 from safetensors.torch import load_file
 
 from ltxc.cli import main
@@ -658,31 +659,32 @@ def test_missing_data_folder_is_refused(tmp_path: Path, plan_path: Path, capsys:
 # -- 7. distributed ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_torchrun_two_ranks_give_the_same_cache_as_one_process(
-    tmp_path: Path, plan_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = tmp_path / "data"
+TWO_RANKS = "preprocess"  # the shared torchrun launch's group (tests/distributed_worker.py)
+
+
+@shared_group(TWO_RANKS)
+def prepare_two_ranks(root: Path) -> Prepared:
+    """The child spec's plan, 5 clips, 2 images and a broken file; `ltxc run preprocess` on 2 ranks as a scenario."""
+    plan = compile_spec(load_spec(write_child_spec(root))).save(root)
+    data = root / "data"
     make_sample_dataset(data, clips=5, images=2, seed=4)
     write_corrupt(data / "broken.mp4")
     caption(data / "broken.mp4", "broken")
-    single, ranks = tmp_path / "single", tmp_path / "ranks"
-    code, out, err = run_cli(capsys, *preprocess_args(plan_path, data, single))
+    scenario = Scenario("ranks", tuple(preprocess_args(plan, data, root / "ranks")), cwd=root)
+    return Prepared({"plan": plan, "data": data, "ranks": root / "ranks"}, (scenario,))
+
+
+@pytest.mark.slow
+@pytest.mark.shared_torchrun(TWO_RANKS)
+def test_torchrun_two_ranks_give_the_same_cache_as_one_process(
+    tmp_path: Path, shared_torchrun: SharedTorchrun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    group = shared_torchrun.group(TWO_RANKS)
+    plan, data, ranks = group.workspace["plan"], group.workspace["data"], group.workspace["ranks"]
+    single = tmp_path / "single"
+    code, out, err = run_cli(capsys, *preprocess_args(plan, data, single))
     assert code == 0, out + err
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "ltxc",
-        *preprocess_args(plan_path, data, ranks),
-    ]
-    done = subprocess.run(
-        command, cwd=str(tmp_path), env=subprocess_env(), capture_output=True, text=True, timeout=300, check=False
-    )
+    done = group["ranks"]  # `ltxc run preprocess` of the same plan and data on 2 ranks
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(jsonl(single / "manifest.jsonl")) == 7
     assert len(jsonl(single / "rejected.jsonl")) == 1

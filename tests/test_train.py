@@ -24,13 +24,14 @@ Covers:
   rebuilt independently from the final DCP checkpoint (and not the base model's); the full fine-tune
   export loads with `from_pretrained`, differs from the initial weights and equals the checkpoint's;
 - observability: metrics.jsonl keys and values, TensorBoard scalars, loss.png, samples/s over a partial
-  logging interval; `ltxc run train` (embedded default, synthetic media, 5 steps) prints the
-  checkpoint, export and loss-curve paths;
+  logging interval; `ltxc run train` (embedded default, synthetic media; slow: the README's first command,
+  shared) prints the checkpoint, export and loss-curve paths;
 - schedule: `lr_factor` hand values for constant/cosine/linear with warmup; the LR each optimiser step
   used follows it, and is the one logged for that step.
 
 In-process runs share one 1-rank gloo group (made on first use); it is destroyed and the RANK/MASTER_*
-variables restored when the module ends. CLI runs are subprocesses without those variables.
+variables restored when the module ends. CLI runs are in-process too (`run_cli`), except the embedded default:
+a subprocess (`python -m ltxc run train`, conftest's session fixture) without those variables.
 
 Run: `pytest -q tests/test_train.py` (CPU, tiny random weights, nothing downloaded; ~45 s on 2 cores);
 `pytest -q -m slow tests/test_train.py` for the full embedded default (400 steps; tests/test_demo.py
@@ -41,10 +42,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +50,7 @@ from typing import Any
 import attrs
 import pytest
 import torch
-from conftest import DIST_ENV, TINY_LTX, CommandRun
+from conftest import TINY_LTX, CommandRun, run_cli
 from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -141,14 +139,6 @@ def config(run_dir: Path, cache: Path, **sections: dict[str, Any]) -> RunConfig:
         export=ExportSection(lora_diffusers=False, lora_comfyui=False, full=False),
     )
     return attrs.evolve(base, **{name: attrs.evolve(getattr(base, name), **keys) for name, keys in sections.items()})
-
-
-def ltxc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m ltxc ARGS` in a fresh process, without this process's RANK/MASTER_* (its group's port)."""
-    env = {key: value for key, value in os.environ.items() if key not in DIST_ENV}
-    return subprocess.run(
-        [sys.executable, "-m", "ltxc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
 
 
 def read_checkpoint(path: Path, scratch: Path) -> dict[str, Any]:
@@ -368,16 +358,19 @@ def test_nonfinite_loss_names_the_last_good_checkpoint(
     assert "at step 4" in str(caught.value) and str(good.checkpoint) in str(caught.value)
 
 
-def test_nonfinite_loss_via_cli_exits_2_with_one_line(diverging: tuple[Plan, Path, Path], tmp_path: Path) -> None:
+def test_nonfinite_loss_via_cli_exits_2_with_one_line(
+    diverging: tuple[Plan, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, plan_json, child_cache = diverging
     out = tmp_path / "run"
     sets = [f"data.cache={child_cache}", f"run.output={out}", "train.steps=3", "log.progress=false"]
-    done = ltxc("run", "train", "--plan", str(plan_json), *(f"--set={s}" for s in sets), cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    # the CLI in-process (an exception other than the user error would escape main() and fail the test)
+    code, stdout, stderr = run_cli(capsys, "run", "train", "--plan", str(plan_json), *(f"--set={s}" for s in sets))
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
     assert "at step 1" in last and "no checkpoint" in last
-    assert done.stdout == ""  # no summary for a run that failed
+    assert stdout == ""  # no summary for a run that failed
 
 
 # -- frozen parts -------------------------------------------------------------------------------------
@@ -519,9 +512,11 @@ def test_samples_per_second_over_a_partial_logging_interval(
     assert 0.6 < ratio < 1.5, f"samples/s {records[0]['samples_per_s']:.2f} then {records[1]['samples_per_s']:.2f}"
 
 
-def test_cli_embedded_default_prints_where_things_are(tmp_path: Path) -> None:
-    # `ltxc run train` with no config: synthetic media, preprocessing, training, exports; 5 steps here
-    done = ltxc("run", "train", "--set", "train.steps=5", "--set", "log.progress=false", cwd=tmp_path)
+@pytest.mark.slow
+def test_cli_embedded_default_prints_where_things_are(embedded_default_run: CommandRun) -> None:
+    # `ltxc run train` with no config: synthetic media, preprocessing, training (400 steps), exports; the README's
+    # first command, run once per session (shared with test_cli_embedded_default_learns and test_demo.py)
+    tmp_path, done = embedded_default_run.cwd, embedded_default_run.done
     assert done.returncode == 0, done.stderr
     summary = done.stdout.splitlines()
     run = Path("runs") / "default"
@@ -529,14 +524,14 @@ def test_cli_embedded_default_prints_where_things_are(tmp_path: Path) -> None:
     def named(prefix: str) -> list[str]:
         return [line.removeprefix(prefix).strip() for line in summary if line.startswith(prefix)]
 
-    assert named("checkpoint") == [str(run / "checkpoints" / "step-00000005")]
-    assert (tmp_path / run / "checkpoints" / "step-00000005" / "meta.json").is_file()
+    assert named("checkpoint") == [str(run / "checkpoints" / "step-00000400")]
+    assert (tmp_path / run / "checkpoints" / "step-00000400" / "meta.json").is_file()
     exports = dict(item.split(": ", 1) for item in named("export"))
     assert exports == {"transformer": str(run / "export" / "transformer")}  # the default is a full fine-tune
     assert (tmp_path / exports["transformer"] / "config.json").is_file()
     assert named("loss curve") == [str(run / "loss.png")]
     assert (tmp_path / run / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert named("steps")[0].startswith("5 this run") and "->" in named("loss  ")[0]
+    assert named("steps")[0].startswith("400 this run") and "->" in named("loss  ")[0]
     assert (tmp_path / run / "run.json").is_file() and (tmp_path / run / "cache" / "manifest.jsonl").is_file()
 
 

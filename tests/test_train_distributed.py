@@ -8,10 +8,14 @@
   global batch, or the same one split otherwise (grad_accum), is refused rather than continued wrongly.
 - HSDP (`parallel.replicate = 2`) trains, checkpoints, and matches the plain 2-rank run.
 
-Every 2-rank run is a subprocess (`python -m torch.distributed.run --standalone --nproc-per-node 2 -m ltxc run
-train ...`); a 1-process run is the same `ltxc run train ...` in-process (no cold interpreter; its 1-rank group
-and RANK/MASTER_* are undone afterwards); all on one shared cache of the tiny spec;
-runs that several tests compare against are made once per module. One to two and a half minutes on 2 cores:
+The runs are the table RUNS, each made once and compared by several tests, all on one cache of the tiny spec:
+- the 2-rank runs are scenarios of the session's one shared torchrun launch (tests/distributed_worker.py: two
+  long-lived ranks run `ltxc run train ...` through the CLI, one scenario after another, each in a new process
+  group), except `straight-2x1-lora`, launched on its own exactly as a user does
+  (`python -m torch.distributed.run --standalone --nproc-per-node 2 -m ltxc run train ...`);
+- a 1-process run is the same `ltxc run train ...` in-process (no cold interpreter; its 1-rank group and
+  RANK/MASTER_* are undone afterwards).
+About a minute on 2 cores:
 
     pytest -q -m slow tests/test_train_distributed.py
 """
@@ -24,7 +28,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -32,7 +35,8 @@ from pathlib import Path
 
 import pytest
 from attrs import frozen
-from conftest import TINY_LTX, isolated_process_group
+from conftest import TINY_LTX, SharedTorchrun, isolated_process_group
+from distributed_worker import GroupRun, Prepared, Scenario, shared_group
 
 from ltxc.cli import main
 from ltxc.compiler import compile_spec
@@ -41,7 +45,8 @@ from ltxc.preprocess.run import preprocess
 from ltxc.preprocess.settings import build_settings
 from ltxc.spec import load_spec
 
-pytestmark = pytest.mark.slow
+GROUP = "train-distributed"
+pytestmark = [pytest.mark.slow, pytest.mark.shared_torchrun(GROUP)]
 
 STEPS = 12  # every run's length (so every run has the same LR schedule)
 STOP_AT = 6  # where the interrupted runs stop and resume
@@ -62,7 +67,7 @@ COMMON = (
 
 @frozen
 class Run:
-    """A finished `ltxc run train` subprocess: its run directory and what it printed."""
+    """A finished `ltxc run train`: its run directory and what it printed."""
 
     run_dir: Path
     returncode: int
@@ -81,11 +86,44 @@ class Run:
         return found
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(plan.json of the tiny spec, a cache of 4 synthetic clips preprocessed with it)."""
-    root = tmp_path_factory.mktemp("train-distributed")
-    plan = compile_spec(load_spec(TINY_LTX))
+@frozen
+class RunArgs:
+    """How a run of RUNS is made: ranks x batch per rank, mode, extra --set values, --stop-after; `resume_from`:
+    --resume that run's checkpoint at STOP_AT; `copy_of`: start in a copy of that run's directory (resume = "auto"
+    finds its checkpoint); `launched`: a 2-rank run launched on its own, not in the shared launch."""
+
+    ranks: int
+    batch: int
+    mode: str
+    sets: tuple[str, ...] = ()
+    stop_after: int | None = None
+    resume_from: str | None = None
+    copy_of: str | None = None
+    launched: bool = False
+
+
+RUNS = {
+    # 2 ranks x batch 1, in the shared launch (in this order: a copy or a resume comes after its source)
+    "straight-2x1-full": RunArgs(2, 1, "full"),
+    "stopped-2x1-full": RunArgs(2, 1, "full", stop_after=STOP_AT),
+    "resumed-2x1-full": RunArgs(2, 1, "full", copy_of="stopped-2x1-full"),
+    "stopped-2x1-lora": RunArgs(2, 1, "lora", stop_after=STOP_AT),
+    "hsdp-2x1-full": RunArgs(2, 1, "full", sets=("parallel.replicate=2",)),
+    # the launcher's own path: `torchrun -m ltxc run train`, as a user runs it
+    "straight-2x1-lora": RunArgs(2, 1, "lora", launched=True),
+    # 1 process, in this one
+    "one-1x2-lora": RunArgs(1, 2, "lora"),
+    "one-1x2-full": RunArgs(1, 2, "full"),
+    "resharded-1x2-full": RunArgs(1, 2, "full", resume_from="stopped-2x1-full"),
+    "resharded-1x2-lora": RunArgs(1, 2, "lora", resume_from="stopped-2x1-lora"),
+    "resharded-1x1-full": RunArgs(1, 1, "full", resume_from="stopped-2x1-full"),
+    "resharded-1x1x2-full": RunArgs(1, 1, "full", sets=("train.grad_accum=2",), resume_from="stopped-2x1-full"),
+}
+
+
+def make_workspace(root: Path, spec: Path) -> tuple[Path, Path]:
+    """(plan.json of `spec`, a cache of 4 synthetic clips preprocessed with it), under `root`."""
+    plan = compile_spec(load_spec(spec))
     plan_path = plan.save(root / "plan")
     make_sample_dataset(root / "media", clips=4, images=0, seed=0)
     report = preprocess(plan, root / "media", root / "cache", build_settings(plan), progress=False)
@@ -93,49 +131,18 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return plan_path, root / "cache"
 
 
-@pytest.fixture(scope="module")
-def runs(workspace: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    """`runs(name, ranks=, batch=, mode=, ...)`: train once per name in this module, then reuse the result."""
-    plan_path, cache = workspace
-    root = tmp_path_factory.mktemp("runs")
-    done: dict[str, Run] = {}
-
-    def get(
-        name: str,
-        *,
-        ranks: int,
-        batch: int,
-        mode: str,
-        sets: Sequence[str] = (),
-        stop_after: int | None = None,
-        resume: Path | None = None,
-        check: bool = True,
-    ) -> Run:
-        if name not in done:
-            done[name] = train(root, name, plan_path, cache, ranks=ranks, batch=batch, mode=mode, sets=sets,
-                               stop_after=stop_after, resume=resume)  # fmt: skip
-        run = done[name]
-        assert run.returncode == 0 or not check, f"{name} exited {run.returncode}:\n{run.stdout}\n{run.stderr[-5000:]}"
-        return run
-
-    return get
-
-
-def train(
-    root: Path,
-    name: str,
+def train_args(
+    run_dir: Path,
     plan_path: Path,
     cache: Path,
     *,
-    ranks: int,
     batch: int,
     mode: str,
-    sets: Sequence[str],
-    stop_after: int | None,
-    resume: Path | None,
-) -> Run:
-    """Run `ltxc run train` in `root` (so no .ltxc/plan.json is picked up by accident)."""
-    run_dir = root / name
+    sets: Sequence[str] = (),
+    stop_after: int | None = None,
+    resume: Path | None = None,
+) -> list[str]:
+    """`run train ...` (the ltxc arguments) of one run: COMMON, the cache, the explicit plan, then `sets`."""
     items = (*COMMON, f"data.cache={cache}", f"run.output={run_dir}", f"data.batch_size={batch}", f"train.mode={mode}",
              *sets)  # fmt: skip
     args = ["run", "train", "--plan", str(plan_path)]
@@ -145,18 +152,75 @@ def train(
         args += ["--stop-after", str(stop_after)]
     if resume is not None:
         args += ["--resume", str(resume)]
+    return args
+
+
+def checkpoint_at_stop(runs_root: Path, name: str) -> Path:
+    return runs_root / name / "checkpoints" / f"step-{STOP_AT:08d}"
+
+
+def run_args(runs_root: Path, workspace: tuple[Path, Path], name: str) -> list[str]:
+    """The ltxc arguments of RUNS[name]."""
+    spec = RUNS[name]
+    resume = checkpoint_at_stop(runs_root, spec.resume_from) if spec.resume_from else None
+    return train_args(runs_root / name, *workspace, batch=spec.batch, mode=spec.mode, sets=spec.sets,
+                      stop_after=spec.stop_after, resume=resume)  # fmt: skip
+
+
+@shared_group(GROUP)
+def prepare(root: Path) -> Prepared:
+    """The tiny spec's workspace, and every 2-rank run of RUNS that is not launched on its own, as scenarios."""
+    workspace = make_workspace(root, TINY_LTX)
+    runs_root = root / "runs"
+    runs_root.mkdir()  # every run starts here, so no .ltxc/plan.json is picked up by accident
+    scenarios = []
+    for name, spec in RUNS.items():
+        if spec.ranks == 2 and not spec.launched:
+            copy = (runs_root / spec.copy_of, runs_root / name) if spec.copy_of else None
+            scenarios.append(Scenario(name, tuple(run_args(runs_root, workspace, name)), cwd=runs_root, copy=copy))
+    return Prepared({"workspace": workspace, "runs": runs_root}, tuple(scenarios))
+
+
+@pytest.fixture(scope="module")
+def runs(shared_torchrun: SharedTorchrun):  # type: ignore[no-untyped-def]
+    """`runs(name)`: RUNS[name], made once in this module (read from the shared launch or made here)."""
+    group = shared_torchrun.group(GROUP)
+    done: dict[str, Run] = {}
+
+    def get(name: str, *, check: bool = True) -> Run:
+        if name not in done:
+            done[name] = make(group, name)
+        run = done[name]
+        assert run.returncode == 0 or not check, f"{name} exited {run.returncode}:\n{run.stdout}\n{run.stderr[-5000:]}"
+        return run
+
+    return get
+
+
+def make(group: GroupRun, name: str) -> Run:
+    """One run of RUNS: its result in the shared launch, or made now (in-process, or its own torchrun launch)."""
+    runs_root = group.workspace["runs"]
+    spec = RUNS[name]
+    if spec.ranks == 2 and not spec.launched:
+        result = group[name]
+        return Run(runs_root / name, result.returncode, result.stderr, result.stdout)
+    return train(runs_root, name, run_args(runs_root, group.workspace["workspace"], name), ranks=spec.ranks)
+
+
+def train(root: Path, name: str, args: Sequence[str], *, ranks: int) -> Run:
+    """`ltxc ARGS` (a `run train`) from `root`: in this process (1 rank) or launched by torchrun (2 ranks)."""
     if ranks == 1:  # one process: the same command in this one
         out, err = io.StringIO(), io.StringIO()
         with isolated_process_group(), pytest.MonkeyPatch.context() as patch:
             patch.chdir(root)
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = main(args)
-        return Run(run_dir, code, err.getvalue(), out.getvalue())
+                code = main(list(args))
+        return Run(root / name, code, err.getvalue(), out.getvalue())
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), "-m"]
-    command = [*launcher, "ltxc", *args]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False)
-    return Run(run_dir, done.returncode, done.stderr, done.stdout)
+    done = subprocess.run([*launcher, "ltxc", *args], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT, check=False)  # fmt: skip
+    return Run(root / name, done.returncode, done.stderr, done.stdout)
 
 
 def assert_close(got: dict[int, float], want: dict[int, float], rel: float) -> None:
@@ -168,12 +232,12 @@ def assert_close(got: dict[int, float], want: dict[int, float], rel: float) -> N
 
 def straight(runs, mode: str) -> Run:  # type: ignore[no-untyped-def]
     """The uninterrupted 2-rank run (batch 1 per rank) that the other runs are compared with."""
-    return runs(f"straight-2x1-{mode}", ranks=2, batch=1, mode=mode)
+    return runs(f"straight-2x1-{mode}")
 
 
 def stopped(runs, mode: str) -> Run:  # type: ignore[no-untyped-def]
     """The same run on 2 ranks, stopped (and checkpointed) after STOP_AT steps."""
-    return runs(f"stopped-2x1-{mode}", ranks=2, batch=1, mode=mode, stop_after=STOP_AT)
+    return runs(f"stopped-2x1-{mode}")
 
 
 # -- 1. two processes vs one at the same global batch ---------------------------------------------------
@@ -181,7 +245,7 @@ def stopped(runs, mode: str) -> Run:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_two_ranks_match_one_process_at_the_same_global_batch(runs, mode: str) -> None:  # type: ignore[no-untyped-def]
-    one = runs(f"one-1x2-{mode}", ranks=1, batch=2, mode=mode)
+    one = runs(f"one-1x2-{mode}")
     two = straight(runs, mode)
     assert sorted(two.losses()) == list(range(1, STEPS + 1))
     assert_close(two.losses(), one.losses(), REL)
@@ -211,11 +275,11 @@ def test_torchrun_resumes_exactly(runs) -> None:  # type: ignore[no-untyped-def]
     meta = json.loads((checkpoints / f"step-{STOP_AT:08d}" / "meta.json").read_text())
     assert (meta["step"], meta["world_size"], meta["global_batch"]) == (STOP_AT, 2, 2)
 
-    # Resume into the same run directory (checkpoint.resume = "auto"), here with a copy of it so the
-    # stopped run stays at step STOP_AT for the next test.
+    # Resume into the same run directory (checkpoint.resume = "auto"), here with a copy of it (made when the
+    # stopped run had finished) so the stopped run stays at step STOP_AT for the next test.
+    assert RUNS["resumed-2x1-full"].copy_of == "stopped-2x1-full"
     resumed_dir = first.run_dir.parent / "resumed-2x1-full"
-    shutil.copytree(first.run_dir, resumed_dir)
-    resumed = runs("resumed-2x1-full", ranks=2, batch=1, mode="full")
+    resumed = runs("resumed-2x1-full")
     assert resumed.run_dir == resumed_dir
     own = resumed_dir / "checkpoints" / f"step-{STOP_AT:08d}"  # the copy's checkpoint, found by resume = "auto"
     assert f"resumed from {own} at step {STOP_AT}" in resumed.stderr
@@ -231,7 +295,7 @@ def test_torchrun_resumes_exactly(runs) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_a_two_rank_checkpoint_resumes_on_one_rank(runs, mode: str) -> None:  # type: ignore[no-untyped-def]
     checkpoint = stopped(runs, mode).run_dir / "checkpoints" / f"step-{STOP_AT:08d}"
-    one = runs(f"resharded-1x2-{mode}", ranks=1, batch=2, mode=mode, resume=checkpoint)
+    one = runs(f"resharded-1x2-{mode}")  # 1 rank x batch 2, --resume CHECKPOINT
     assert f"resumed from {checkpoint} at step {STOP_AT}" in one.stderr
     want = {s: v for s, v in straight(runs, mode).losses().items() if s > STOP_AT}
     assert_close(one.losses(), want, REL)
@@ -241,7 +305,8 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank(runs, mode: str) -> None:  # 
 
 def test_a_different_global_batch_is_refused_on_resume(runs) -> None:  # type: ignore[no-untyped-def]
     checkpoint = stopped(runs, "full").run_dir / "checkpoints" / f"step-{STOP_AT:08d}"
-    refused = runs("resharded-1x1-full", ranks=1, batch=1, mode="full", resume=checkpoint, check=False)
+    refused = runs("resharded-1x1-full", check=False)  # 1 rank x batch 1, --resume CHECKPOINT
+    assert RUNS["resharded-1x1-full"].resume_from == "stopped-2x1-full" and checkpoint.is_dir()
     assert refused.returncode == 2, refused.stderr[-3000:]  # a user error, not a traceback
     assert "global batch" in refused.stderr and not (refused.run_dir / "checkpoints").exists()
 
@@ -249,8 +314,8 @@ def test_a_different_global_batch_is_refused_on_resume(runs) -> None:  # type: i
 def test_a_resume_with_the_same_global_batch_split_otherwise_continues_exactly_or_is_refused(runs) -> None:  # type: ignore[no-untyped-def]
     # 2 ranks x batch 1 -> 1 rank x batch 1 x grad_accum 2: the same samples per step, cut into batches otherwise
     checkpoint = stopped(runs, "full").run_dir / "checkpoints" / f"step-{STOP_AT:08d}"
-    run = runs("resharded-1x1x2-full", ranks=1, batch=1, mode="full", sets=["train.grad_accum=2"],
-               resume=checkpoint, check=False)  # fmt: skip
+    run = runs("resharded-1x1x2-full", check=False)  # 1 rank x batch 1 x grad_accum 2, --resume CHECKPOINT
+    assert RUNS["resharded-1x1x2-full"].resume_from == "stopped-2x1-full" and checkpoint.is_dir()
     if run.returncode == 0:
         want = {s: v for s, v in straight(runs, "full").losses().items() if s > STOP_AT}
         assert_close(run.losses(), want, REL)
@@ -262,7 +327,7 @@ def test_a_resume_with_the_same_global_batch_split_otherwise_continues_exactly_o
 
 
 def test_hsdp_trains_and_matches_plain_sharding(runs) -> None:  # type: ignore[no-untyped-def]
-    hsdp = runs("hsdp-2x1-full", ranks=2, batch=1, mode="full", sets=["parallel.replicate=2"])
+    hsdp = runs("hsdp-2x1-full")  # 2 ranks x batch 1, parallel.replicate = 2
     losses = hsdp.losses()
     assert all(math.isfinite(v) for v in losses.values())
     assert_close(losses, straight(runs, "full").losses(), REL)

@@ -1,5 +1,6 @@
 """`ltxc run generate`: prompts -> videos, from the spec's weights, a training checkpoint or an export; with
-`--image`, image-to-video (the spec's task that takes an image)."""
+`--image`, the spec's task that takes an image; with `--reference`, the spec's task that takes a video (its tokens
+appended to the target's)."""
 
 from __future__ import annotations
 
@@ -161,6 +162,40 @@ def image_input(plan: Plan, image: Path, frames: int | None, height: int | None,
     return image_pixels(rgb)
 
 
+def reference_input(
+    plan: Plan,
+    reference: Path,
+    frames: int | None,
+    height: int | None,
+    width: int | None,
+    fps: float | None,
+    image: bool = False,
+) -> torch.Tensor:
+    """`--reference` as pixels [1, 3, F, H / d, W / d] in [-1, 1]: the generation's frame count at its fps, at its
+    size / the condition's downscale (covered and centre-cropped); one clear line when it cannot be."""
+    from ltxc.appended_sampling import input_size, video_pixels
+    from ltxc.media import MediaError, read_clip
+    from ltxc.sampler import size_or_default
+
+    task = plan.task_for("video")  # a spec without a video task says so before the file is read
+    condition = task.condition("video")
+    if image and task.condition("image") is None:
+        raise UserError(f"--image and --reference: the task that takes a video ({task.name}) takes no image")
+    s = plan.sampler
+    frames, height, width = (size_or_default(frames, s.frames, "frames"), size_or_default(height, s.height, "height"),
+                             size_or_default(width, s.width, "width"))  # fmt: skip
+    rate = float(s.fps if fps is None else fps)
+    plan.geometry.check(frames, height, width)
+    size = input_size(plan.geometry, condition, frames, height, width)  # type: ignore[arg-type]  # it has one
+    try:
+        rgb = read_clip(reference, frames, rate, (size[1], size[0]))
+    except MediaError as exc:
+        raise UserError(f"--reference {reference}: {exc}") from None
+    print(f"task {task.name}: reference {reference}, {frames} frames at {rate:g} fps, {size[1]}x{size[0]}",
+          file=sys.stderr)  # fmt: skip
+    return video_pixels(rgb)
+
+
 def output_paths(output: Path, count: int) -> list[Path]:
     """One file per prompt: OUTPUT itself for one prompt, OUTPUT-0, OUTPUT-1, ... for several."""
     if count == 1:
@@ -195,6 +230,8 @@ def run_generate(
     device: str | None,
     compare_cache: Path | None = None,
     image: Path | None = None,
+    reference: Path | None = None,
+    reference_strength: float = 1.0,
 ) -> int:
     """The whole command; returns the exit code. `prompts_file` adds its prompts after `prompts`."""
     from ltxc.media.write import SUFFIXES, write_frames
@@ -211,18 +248,26 @@ def run_generate(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     record = checkpoint_record(checkpoint)  # run.json, read once: it gives the plan and how the weights were trained
     plan = plan_for(checkpoint, plan_path, record)
-    # the image first: a bad one (or a spec with no task for it) fails before any weights load, nothing written
+    # the inputs first: a bad one (or a spec with no task for it) fails before any weights load, nothing written
+    clip = None
+    if reference is not None:
+        clip = reference_input(plan, reference, frames, height, width, fps, image is not None)
     pixels = None if image is None else image_input(plan, image, frames, height, width)
     components = plan.components()
     transformer = load_transformer(plan, components, checkpoint, lora_scale, record).to(device)
     sampler = Sampler(plan, components, device=device, transformer=transformer)
     for prompt, path in zip(prompts, output_paths(output, len(prompts)), strict=True):
         result = sampler([prompt], negative_prompt=negative_prompt, frames=frames, height=height, width=width,
-                         fps=fps, steps=steps, guidance=guidance, seed=seed, progress=True, image=pixels)  # fmt: skip
-        settings = {"prompt": prompt, "seed": str(seed), **({"image": str(image)} if image is not None else {})}
+                         fps=fps, steps=steps, guidance=guidance, seed=seed, progress=True, image=pixels,
+                         reference=clip, reference_strength=reference_strength)  # fmt: skip
+        inputs = {"image": image, "reference": reference}
+        settings = {"prompt": prompt, "seed": str(seed), **{k: str(v) for k, v in inputs.items() if v is not None}}
+        if reference is not None:
+            settings["reference_strength"] = f"{reference_strength:g}"
         written = write_frames(result.video[0], path, fps=result.fps, metadata=settings)
+        given = "".join(f", {k} {v}" for k, v in inputs.items() if v is not None)
         print(f"wrote {written} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps, "
-              f"seed {seed}{'' if image is None else f', image {image}'}): {prompt!r}")  # fmt: skip
+              f"seed {seed}{given}): {prompt!r}")  # fmt: skip
         if compare_cache is not None:
             rows = cache_distances(result.latents[0].cpu(), compare_cache, prompt)
             if rows:

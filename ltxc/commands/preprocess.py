@@ -13,7 +13,7 @@ from ltxc.commands.plans import resolve_plan
 from ltxc.data.buckets import DEFAULT_ASPECTS
 from ltxc.errors import UserError
 from ltxc.preprocess.run import Report, format_report, preprocess
-from ltxc.preprocess.settings import FramesPolicy, LowFpsPolicy, MissingCaption, build_settings
+from ltxc.preprocess.settings import FramesPolicy, LowFpsPolicy, MissingAudio, MissingCaption, build_settings
 
 
 def run_preprocess(
@@ -40,6 +40,7 @@ def run_preprocess(
     device: str | None,
     overwrite: bool,
     strict: bool,
+    missing_audio: MissingAudio = "mask",
 ) -> int:
     """The whole command; returns the exit code (1 when nothing was cached, or with `strict` and any rejection)."""
     if workers < 1:
@@ -59,6 +60,7 @@ def run_preprocess(
         missing_caption=missing_caption,
         tiling=tiling,
         seed=seed,
+        missing_audio=missing_audio,
     )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     report = preprocess(

@@ -15,10 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from attrs import frozen
 
+from ltxc.appended_sampling import appended_condition
 from ltxc.commands.verify_reference import (
     DEFAULT_TOLERANCE,
     ReferenceRun,
@@ -30,7 +32,7 @@ from ltxc.commands.verify_reference import (
 from ltxc.commands.verify_report import Check, Report, compare, skipped
 from ltxc.commands.verify_settings import shift_notes, with_dtype
 from ltxc.commands.verify_stages import recorded_keywords, stage_rows
-from ltxc.commands.verify_task import TaskInputs, task_inputs, task_view
+from ltxc.commands.verify_task import TaskInputs, task_inputs, task_names, task_view
 from ltxc.compiler import compile_spec
 from ltxc.components import resolve_class
 from ltxc.document import Loaded
@@ -70,10 +72,12 @@ def verify(
     device: str | torch.device = "cpu",
     dtype: str | None = None,
     task: str | None = None,
+    strength: float = 1.0,
 ) -> Report:
     """Run ltxc's sampler and the spec's reference pipeline on the same components; compare them stage by stage.
 
-    `task` names a `[tasks.<name>]` entry: both run it, with its reference pipeline and the same condition inputs.
+    `task` names a `[tasks.<name>]` entry: both run it, with its reference pipeline and the same condition inputs
+    (a video's at `strength`).
     """
     chosen = None if task is None else plan.task(task)  # an unknown task: one line naming the spec's tasks
     notes: list[str] = []
@@ -93,12 +97,15 @@ def verify(
     pipeline = build_reference(pipeline_class, components).to(device)
     pipeline.set_progress_bar_config(disable=True)
     run = _settings(plan, prompt, frames, height, width, steps, guidance, seed)
-    inputs = TaskInputs({}, {}, []) if chosen is None else task_inputs(chosen, run.height, run.width)
+    inputs = TaskInputs({}, {}, [])
+    if chosen is not None:
+        inputs = task_inputs(chosen, run.height, run.width, run.frames, strength)
     # the reference's arguments first: a spec naming one it does not take fails before any sampling
     where = "[model]" if chosen is None else f"[model] or [tasks.{chosen.name}]"
     kwargs, call_notes = reference_call(
-        pipeline_class, plan, prompt, run.frames, run.height, run.width, run.steps, run.guidance, where
-    )
+        pipeline_class, plan, prompt, run.frames, run.height, run.width, run.steps, run.guidance, where,
+        task_names(chosen),
+    )  # fmt: skip
     kwargs.update(inputs.theirs)
     notes += inputs.notes + call_notes + shift_notes(plan, components[s.scheduler])
     checks = helper_checks(pipeline_class, plan, components, tolerance)
@@ -112,7 +119,8 @@ def verify(
         reference = run_reference(pipeline, kwargs, seed, components[plan.transformer_role], recorded_keywords(plan))
     notes.append(f"time: ltxc {ours_s:.2f} s, reference {time.perf_counter() - started:.2f} s")
     rows, stage_notes = stage_rows(plan, traced, reference, tolerance)
-    checks += rows + _final_rows(plan, traced, ours, reference, tolerance)
+    appended = chosen is not None and appended_condition(chosen) is not None
+    checks += rows + _final_rows(plan, traced, ours, reference, tolerance, appended)
     title = (
         f"verify {plan.name}{'' if task is None else f' task {task}'} against {plan.reference}: "
         f"{ours.frames}x{ours.height}x{ours.width} (frames x height "
@@ -152,7 +160,7 @@ def _sample(
     run: _Settings,
     traced: dict[str, torch.Tensor],
     task: str | None = None,
-    inputs: Mapping[str, torch.Tensor] | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> Generation:
     """ltxc's generation (of `task`, with its condition `inputs`), every traced stage recorded into `traced` (a copy
     on the CPU)."""
@@ -175,13 +183,22 @@ def _sample(
 
 
 def _final_rows(
-    plan: Plan, traced: dict[str, torch.Tensor], ours: Generation, reference: ReferenceRun, tolerance: float
+    plan: Plan,
+    traced: dict[str, torch.Tensor],
+    ours: Generation,
+    reference: ReferenceRun,
+    tolerance: float,
+    appended: bool = False,
 ) -> list[Check]:
     """The final latents (the video's in the pipeline's layout; the reference hands out no other stream's) and
-    the decoded frames."""
+    the decoded frames. With a task's `appended` tokens, the reference's final latents (its whole sequence) are
+    cut to the target's tokens, as the pipeline cuts them before the decode."""
     final = traced.get(f"final.{VIDEO}")
     latents = final if final is not None else plan.geometry.pack(ours.latents)  # the pipeline's layout
-    rows = [compare("latents", latents, reference.latents, tolerance, "final latents, transformer layout", True)]
+    theirs, note = reference.latents, "final latents, transformer layout"
+    if appended and theirs.ndim == 3 and latents.ndim == 3:
+        theirs, note = theirs[:, : latents.shape[1]], f"{note}, the target's tokens (appended ones left out)"
+    rows = [compare("latents", latents, theirs, tolerance, note, True)]
     others = sorted(
         name.removeprefix("final.") for name in traced if name.startswith("final.") and name != f"final.{VIDEO}"
     )

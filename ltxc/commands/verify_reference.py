@@ -52,10 +52,12 @@ def reference_call(
     steps: int,
     guidance: float,
     where: str = "[model]",
+    more_names: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The pipeline's call arguments for the same run, matched to its signature by name; notes on what it lacks.
 
-    `plan.reference_args` are the spec's (a task's view adds the task's); `where` names their section in errors.
+    `plan.reference_args` are the spec's (a task's view adds the task's, which may read `more_names`, e.g. its
+    condition's `reference.downscale`); `where` names their section in errors.
     """
     s = plan.sampler
     fps = int(s.fps) if float(s.fps).is_integer() else s.fps
@@ -81,6 +83,7 @@ def reference_call(
     names.update(
         {f"{n}.guidance": st.guidance if st.guidance is not None else guidance for n, st in plan.streams.items()}
     )
+    names.update(more_names or {})
     extra = {key: expr(names) for key, expr in plan.reference_args.items()}
     accepted = parameters(pipeline_class.__call__)
     unknown = [key for key in extra if key not in accepted]

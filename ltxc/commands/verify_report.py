@@ -13,7 +13,11 @@ _DEPARTURE_HINTS = (
     (("text.", "negative."), "the text reaching the transformer differs: check [text] and the text stage"),
     (("sigmas", "timesteps"), "the schedule differs from step 0: a spec number ([sampler] sigmas or shift)"),
     (("noise",), "the initial latents differ: the noise's shape, layout or dtype, or a task's clean latents"),
-    (("input.",), "the step's noise level reaches the transformer otherwise: the call's timestep / sigma entries"),
+    (
+        ("input.",),
+        "the step's noise level or a task's condition input reaches the transformer otherwise: the "
+        "call's timestep / sigma entries, or a task's entries reading condition.mask / reference.*",
+    ),
     (("pred.",), "the first transformer call differs: its inputs ([transformer.call]), layout or precision"),
     (("step1", "latents", "frames"), "the first step matched: guidance, the scheduler step or precision drift"),
 )

@@ -4,8 +4,9 @@ ltxc's side is the sampler's `trace` (stage name -> tensor). The reference's sid
 transformer at the first step (verify_reference.run_reference): its keyword inputs are found through the spec's
 `[transformer.call]` (the keyword whose expression is `text.<name>` or `<stream>.latents`), and each call is
 given its role by the spec's `[sampler] cfg` / `cfg_order`, then the perturbations in spec order, so the rows
-match by role, not call order. The noise-level inputs (each keyword whose call expression reads σ or the timestep,
-e.g. a task's per-token timestep) are compared as the conditional pass got them. Rows come in pipeline order; the
+match by role, not call order. The noise-level and condition inputs (each keyword whose call expression reads σ,
+the timestep or a task's condition names, e.g. a task's per-token timestep or its appended tokens' positions) are
+compared as the conditional pass got them. Rows come in pipeline order; the
 report names the first one that departs.
 """
 
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from ltxc.commands.verify_reference import Call, ReferenceRun
 from ltxc.commands.verify_report import Check, compare, skipped
-from ltxc.guidance import noise_level_keywords
+from ltxc.guidance import NOISE_LEVEL, traced_keywords
 from ltxc.plan import VIDEO, Plan
 
 GUIDANCE_ROLES = ("uncond", "cond")
@@ -37,9 +38,9 @@ def latent_source(stream: str) -> str:
 
 def recorded_keywords(plan: Plan) -> frozenset[str]:
     """The transformer keywords the reference's hook keeps: the text tensors, every stream's latents and the
-    noise-level inputs."""
+    noise-level and condition inputs."""
     sources = [f"text.{name}" for name in plan.text_names] + [latent_source(s) for s in (VIDEO, *plan.streams)]
-    keys = [keyword_for(plan, source) for source in sources] + noise_level_keywords(plan.call)
+    keys = [keyword_for(plan, source) for source in sources] + traced_keywords(plan.call)
     return frozenset(key for key in keys if key)
 
 
@@ -162,15 +163,16 @@ def _input_row(
 
 
 def _level_rows(plan: Plan, ours: Mapping[str, Tensor], calls: Mapping[str, Call], tolerance: float) -> list[Check]:
-    """The noise-level inputs of the conditional pass (else the first), as the transformer got them."""
+    """The noise-level and condition inputs of the conditional pass (else the first), as the transformer got them."""
     role = "cond" if "cond" in calls else next(iter(calls), None)
     rows = []
-    for keyword in noise_level_keywords(plan.call):
+    for keyword in traced_keywords(plan.call):
         label, theirs = f"input.{keyword}", calls[role].inputs.get(keyword) if role else None
         if theirs is None:
             rows.append(skipped(label, f"the reference passed no tensor {keyword}"))
             continue
-        note = f"the step's noise level, as {keyword} ({_dtype(theirs)}, {_ROLE_NOTES.get(role, role)} pass)"
+        what = "the step's noise level" if plan.call[keyword].names & NOISE_LEVEL else "a task's condition input"
+        note = f"{what}, as {keyword} ({_dtype(theirs)}, {_ROLE_NOTES.get(role, role)} pass)"
         rows.append(compare(label, ours.get(f"input.{keyword}.{role}"), theirs, tolerance, note, True))
     return rows
 

@@ -7,6 +7,7 @@ import os
 import attrs
 
 from ltxc.compiler.checks import (
+    check_audio_sources,
     check_normaliser,
     check_reference,
     check_roles,
@@ -41,6 +42,7 @@ def compile_spec(loaded: Loaded) -> Plan:
     check_normaliser(spec, locator, problems)
     check_sampler(spec, locator, problems)
     check_text_lengths(spec, locator, problems)
+    check_audio_sources(spec, locator, problems)
     compiled = compile_expressions(spec, geometry_numbers(geometry), op_table(geometry), locator, problems)
     check_reference(spec, locator, problems)
     numbers = geometry_numbers(geometry)

@@ -155,3 +155,30 @@ def check_reference(spec: Spec, locator: Locator, problems: list[Problem]) -> No
         resolve_class(spec.model.reference, DiffusionPipeline)
     except ComponentError as exc:
         problems.append(locator.problem(("model", "reference"), str(exc)))
+
+
+def check_audio_sources(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    """`[streams.<name>.source]`: its roles and statistic references name components; literal statistics have
+    one value per packed feature (channels x mel bins); the STFT window fits the FFT; the filterbank the rate."""
+    for name, stream in spec.streams.items():
+        source = stream.source
+        if source is None:
+            continue
+        where = ("streams", name, "source")
+        features = source.latent_shape[0] * source.latent_shape[1]
+        refs = {("vae",): source.vae, ("normalise", "mean"): source.normalise.mean}
+        refs[("normalise", "std")] = source.normalise.std
+        for path, value in refs.items():
+            if isinstance(value, tuple) and len(value) != features:
+                problems.append(
+                    locator.problem((*where, *path), f"has {len(value)} values; a packed token has {features}")
+                )
+            elif isinstance(value, str) and value.split(".")[0] not in spec.components:
+                problems.append(locator.problem((*where, *path), f"{value!r} names no component of this spec"))
+        mel = source.mel
+        if (mel.win_length or mel.n_fft) > mel.n_fft:
+            problems.append(locator.problem((*where, "mel", "win_length"), f"exceeds n_fft ({mel.n_fft})"))
+        if not mel.f_min < mel.f_max <= source.waveform.sample_rate / 2:
+            problems.append(
+                locator.problem((*where, "mel", "f_max"), "must lie above f_min and at most half the sample rate")
+            )

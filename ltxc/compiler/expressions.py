@@ -3,6 +3,7 @@ perturbations and reference arguments."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -105,9 +106,23 @@ def _streams(
         pack = expressions({"pack": stream.pack}, where, frozenset({"x"}), ops, locator, problems)
         if len(shapes) == 2 and pack:
             compiled[name] = CompiledStream(
-                name, shapes["noise"], shapes["dummy"], pack["pack"], stream.output, stream.sample, stream.guidance
-            )
+                name, shapes["noise"], shapes["dummy"], pack["pack"], stream.output, stream.sample, stream.guidance,
+                sigma=stream.sigma, modules=tuple(stream.modules), source=stream.source,
+            )  # fmt: skip
+        if stream.sigma == "independent" and f"{name}.sigma" not in _call_reads(spec, names, ops):
+            message = (f'"independent" needs [transformer.call] to read {name}.sigma (its σ), e.g. '
+                       f'{name}_timestep = "float32({name}.sigma * 1000)"')  # fmt: skip
+            problems.append(locator.problem((*where, "sigma"), message))
     return compiled
+
+
+def _call_reads(spec: Spec, names: frozenset[str], ops: Ops) -> set[str]:
+    """The names `[transformer.call]` reads (an entry that does not compile is reported where the call is)."""
+    read: set[str] = set()
+    for source in spec.transformer.call.values():
+        with contextlib.suppress(ExprError):
+            read |= compile_expr(source, names, ops).names
+    return read
 
 
 def _perturbations(

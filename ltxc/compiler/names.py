@@ -26,8 +26,8 @@ def text_names(spec: Spec) -> tuple[str, ...]:
 
 
 def stream_names(spec: Spec) -> frozenset[str]:
-    """`<stream>.latents` and `<stream>.joint` for every `[streams]` entry."""
-    return frozenset(f"{name}.{part}" for name in spec.streams for part in ("latents", "joint"))
+    """`<stream>.latents`, `<stream>.joint` and `<stream>.sigma` for every `[streams]` entry."""
+    return frozenset(f"{name}.{part}" for name in spec.streams for part in ("latents", "joint", "sigma"))
 
 
 def call_names(spec: Spec, numbers: Mapping[str, int]) -> frozenset[str]:

@@ -18,6 +18,9 @@ Ops = Mapping[str, Callable[..., Any]]
 # the names a task's lora_metadata and a reference input's extra keywords may read
 METADATA_NAMES = frozenset({"reference.downscale"})
 REFERENCE_INPUT_NAMES = frozenset({"strength"})
+# what a task's reference_args may read besides [model] reference_args' names: its appended condition's downscale
+# (1 without one), so the reference pipeline's own argument can follow the condition
+TASK_REFERENCE_NAMES = frozenset({"reference.downscale"})
 
 
 def compile_tasks(
@@ -41,10 +44,23 @@ def compile_tasks(
         _check_inputs(task, where, locator, problems)
         call = expressions(task.call, (*where, "call"), names, ops, locator, problems)
         args = expressions(
-            task.reference_args, (*where, "reference_args"), reference_names(spec), ops, locator, problems
+            task.reference_args,
+            (*where, "reference_args"),
+            reference_names(spec) | TASK_REFERENCE_NAMES,
+            ops,
+            locator,
+            problems,
         )
         metadata = expressions(task.lora_metadata, (*where, "lora_metadata"), METADATA_NAMES, ops, locator, problems)
         _check_reference(task, (*where, "reference"), locator, problems)
+        if task.noise != "packed" and any(c.place == "append" for c in task.conditions.values()):
+            problems.append(
+                locator.problem(
+                    (*where, "noise"),
+                    'a task with an appended condition (place = "append") draws its noise over the whole token '
+                    'sequence: set noise = "packed"',
+                )
+            )
         if len(problems) > before:
             continue
         compiled[name] = CompiledTask(
@@ -55,6 +71,7 @@ def compile_tasks(
             reference=task.reference,
             reference_args=args,
             lora_metadata=metadata,
+            noise=task.noise,
         )
     return compiled
 
@@ -100,6 +117,7 @@ def _condition(
         downscale=condition.downscale,
         reference_input=condition.reference_input,
         reference_extra=extra,
+        encode_dtype=condition.encode_dtype,
     )
 
 

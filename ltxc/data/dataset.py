@@ -19,6 +19,10 @@ TEXT_PREFIX = "text_"
 # A cache of pairs (its header has `reference`) also holds each sample's reference video latents [C, F, H', W'];
 # `reference_shape` in the manifest says their shape, and the bucket key includes it.
 REFERENCE = "reference_latents"
+# A cache with sound (its header has `audio`) also holds each sample's `audio_latents` [L, C * M] (packed,
+# normalised; `audio_shape` in the manifest) and `audio_mask` [] (1: the clip's sound, 0: none, leave it out of
+# the audio loss); batches get them as [B, L, C * M] and [B]. L follows the frame count, which the bucket holds.
+AUDIO = ("audio_latents", "audio_mask")
 _RECORD_KEYS = ("id", "bucket", "file")
 
 
@@ -42,6 +46,7 @@ class CacheDataset(Dataset[dict[str, Any]]):
         self.header: dict[str, Any] = header
         # {"column", "task", "condition", "downscale"} for a cache of IC-LoRA pairs, else None
         self.reference: dict[str, Any] | None = header.get("reference")
+        self.audio: dict[str, Any] | None = header.get("audio")  # {"stream", "missing_audio"} with sound
         self._null_path = self.root / str(header.get("null_conditioning", NULL))
         # The journal disappears and the manifest appears only when preprocessing finalises: either sign
         # means a run was interrupted, and its samples are not all listed yet.
@@ -81,15 +86,17 @@ class CacheDataset(Dataset[dict[str, Any]]):
             tensors = load_file(path)
         except (OSError, SafetensorError) as exc:
             raise UserError(f"{path}: unreadable cached sample ({exc}); rebuild the cache") from None
-        lacking = [key for key in (*TENSOR_KEYS, *([REFERENCE] if self.reference else [])) if key not in tensors]
+        required = (*TENSOR_KEYS, *([REFERENCE] if self.reference else []), *(AUDIO if self.audio else []))
+        lacking = [key for key in required if key not in tensors]
         if lacking:
             raise UserError(f"{path}: cached sample lacks {', '.join(lacking)}; rebuild the cache")
-        for key, shape in (("latents", record.get("latent_shape")), (REFERENCE, record.get("reference_shape"))):
+        shapes = (("latents", "latent_shape"), (REFERENCE, "reference_shape"), (AUDIO[0], "audio_shape"))
+        for key, shape in ((key, record.get(field)) for key, field in shapes):
             if shape is not None and key in tensors and list(tensors[key].shape) != list(shape):
                 raise UserError(
                     f"{path}: {key} have shape {list(tensors[key].shape)}, the manifest says {shape}; rebuild the cache"
                 )
-        kept = (*TENSOR_KEYS, REFERENCE)
+        kept = (*TENSOR_KEYS, REFERENCE, *AUDIO)
         return {
             **{key: tensors[key] for key in tensors if key in kept or key.startswith(TEXT_PREFIX)},
             "index": index,

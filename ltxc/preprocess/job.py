@@ -14,6 +14,7 @@ from ltxc.media.decode import read_frames
 from ltxc.media.errors import MediaError
 from ltxc.media.frames import FrameSelection, pad_selection
 from ltxc.media.probe import MediaInfo, probe
+from ltxc.preprocess.audio import cache_audio
 from ltxc.preprocess.outcome import Outcome, Rejection, round_time
 from ltxc.preprocess.pairs import REFERENCE_TENSOR, Pairing, encode_reference, plan_reference
 from ltxc.preprocess.settings import PreprocessSettings
@@ -91,7 +92,10 @@ def _process(
     latents = processor.encode_video(frames, seed=seed)
     if text is None:
         text = processor.cache_text([sample.caption])
-    tensors = {"latents": latents, **{f"text_{name}": tensor[0] for name, tensor in text.items()}}
+    sound, heard = cache_audio(
+        sample, info, selection, settings, processor, sample_seed(f"{sample.id}/audio", settings.seed)
+    )
+    tensors = {"latents": latents, **sound, **{f"text_{name}": tensor[0] for name, tensor in text.items()}}
     bucket, paired = f"{width}x{height}x{count}", {}
     if reference is not None and pairing is not None:
         reference_seed = sample_seed(f"{sample.id}/reference", settings.seed)
@@ -117,6 +121,7 @@ def _process(
         "pixel_shape": [count, height, width],
         "latent_shape": list(latents.shape),
         **paired,
+        **heard,
         "bucket": bucket,
         "file": file,
     }

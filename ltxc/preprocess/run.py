@@ -10,7 +10,8 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ import torch
 from attrs import frozen
 from tqdm import tqdm
 
+from ltxc.audio import audio_stream
 from ltxc.data.cache import CACHE_FORMAT, Cache
 from ltxc.data.discover import Sample, discover
 from ltxc.plan import Plan
+from ltxc.preprocess.audio import AUDIO_MASK, AUDIO_TENSOR
 from ltxc.preprocess.job import Outcome, process
 from ltxc.preprocess.pairs import REFERENCE_KEY, REFERENCE_TENSOR, Pairing, check_sizes, describe_pairs, pairing_for
 from ltxc.preprocess.settings import PreprocessSettings
@@ -57,6 +60,11 @@ def cache_header(plan: Plan, settings: PreprocessSettings, pairing: Pairing | No
             **{f"text_{name}": f"text conditioning {name!r} [L, ...]" for name in plan.text_names},
         },
     }
+    audio = audio_stream(plan)
+    if audio is not None:  # absent without an audio source, so such a cache reads as it always has
+        header["audio"] = {"stream": audio[0], "missing_audio": settings.missing_audio or "mask"}
+        header["tensors"][AUDIO_TENSOR] = "the sound's latents [L, C * M], packed, normalised, float32"
+        header["tensors"][AUDIO_MASK] = "1: the clip's sound; 0: none (zeros, --missing-audio mask), float32 []"
     if pairing is not None:
         header["reference"] = pairing.to_json()
         header["tensors"][REFERENCE_TENSOR] = "reference video latents [C, F, H / d, W / d], normalised, float32"
@@ -205,22 +213,38 @@ def _outcomes(
         finally:
             torch.set_num_threads(previous)
         return
-    # spawn, never fork: CUDA cannot be forked, and each worker holds its own model copy; one pool per pass, so
-    # the text encoders are gone (with their workers) before any VAE is built
+    # each worker holds its own model copy; one pool per pass, so the text encoders are gone (with their workers)
+    # before any VAE is built
+    context = _worker_context(plan, device)
     for text_pass in (True, False):
         with ProcessPoolExecutor(
             max_workers=workers,
-            mp_context=get_context("spawn"),
+            mp_context=context,
             initializer=_init_worker,
             initargs=(plan.to_json(), str(cache.root), device),
         ) as pool:
             if text_pass:
                 for future in as_completed([pool.submit(_work_text, sample) for sample in samples]):
-                    future.result()
+                    _note_worker_peak(future.result())
                 continue
             futures = [pool.submit(_work, sample, settings, pairing) for sample in samples]
             for future in as_completed(futures):
-                yield _finish(future.result(), cache)
+                outcome, peak = future.result()
+                _note_worker_peak(peak)
+                yield _finish(outcome, cache)
+
+
+def _worker_context(plan: Plan, device: str) -> BaseContext:
+    """Where workers come from; never fork (CUDA cannot be forked, and a forked parent's threads and locks come
+    along). On a GPU: spawn, each worker a fresh interpreter. On CPU, where the platform has it: forkserver, one
+    clean server process per process (it never touches a GPU) that imports this module and the plan's component
+    classes once; each worker forks from it instead of paying those imports again (seconds per worker)."""
+    if torch.device(device).type != "cpu" or "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    context = get_context("forkserver")
+    modules = sorted({recipe.cls.__module__ for recipe in plan.recipes.values()})
+    context.set_forkserver_preload([__name__, *modules])  # no effect once this process's server runs
+    return context
 
 
 def _stage(processor: Processor, cache: Cache, sample: Sample) -> None:
@@ -238,7 +262,7 @@ def _finish(outcome: Outcome, cache: Cache) -> Outcome:
 def peak_memory(device: str) -> str:
     """This process's peak resident memory (libraries included), its finished workers', and the device's."""
     self_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    children_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    children_mib = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, _WORKER_PEAK["kib"]) / 1024
     text = f"{self_mib:.0f} MiB RSS" + (f" (largest worker {children_mib:.0f} MiB)" if children_mib else "")
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         text += f", {torch.cuda.max_memory_allocated(torch.device(device)) / 2**30:.2f} GiB on {device}"
@@ -246,6 +270,16 @@ def peak_memory(device: str) -> str:
 
 
 _WORKER: dict[str, Any] = {}
+_WORKER_PEAK = {"kib": 0}  # the largest peak RSS a worker reported (forkserver workers are not our children)
+
+
+def _note_worker_peak(kib: int) -> None:
+    _WORKER_PEAK["kib"] = max(_WORKER_PEAK["kib"], kib)
+
+
+def _own_peak() -> int:
+    """This process's peak RSS in KiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _deterministic_kernels() -> None:
@@ -265,14 +299,17 @@ def _init_worker(plan_json: dict[str, Any], cache_root: str, device: str) -> Non
     _WORKER.update(plan=plan, cache=Cache(cache_root), processor=Processor(plan, plan.components(), device))
 
 
-def _work_text(sample: Sample) -> None:
+def _work_text(sample: Sample) -> int:
+    """Stage a caption; returns the worker's peak RSS so far (KiB)."""
     _stage(_WORKER["processor"], _WORKER["cache"], sample)
+    return _own_peak()
 
 
-def _work(sample: Sample, settings: PreprocessSettings, pairing: Pairing | None) -> Outcome:
+def _work(sample: Sample, settings: PreprocessSettings, pairing: Pairing | None) -> tuple[Outcome, int]:
+    """(the sample's outcome, the worker's peak RSS so far in KiB)."""
     cache = _WORKER["cache"]
     text = staged_text(cache, sample.id)
-    return process(sample, settings, _WORKER["processor"], cache, _WORKER["plan"].hash, text, pairing)
+    return process(sample, settings, _WORKER["processor"], cache, _WORKER["plan"].hash, text, pairing), _own_peak()
 
 
 _LINE_REF = re.compile(r"\s*\([^)]*\bline\b[^)]*\)")

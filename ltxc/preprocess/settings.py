@@ -20,6 +20,9 @@ from ltxc.plan import Plan
 FramesPolicy = Literal["skip", "pad"]
 LowFpsPolicy = Literal["repeat", "skip"]
 MissingCaption = Literal["skip", "filename", "empty"]
+# a clip without a sound track when the spec declares an audio source (docs/audio.md): reject it, encode silence,
+# or cache zero latents with audio_mask = 0 so training leaves its audio out of the loss
+MissingAudio = Literal["drop", "silence", "mask"]
 TILING_AUTO_PIXELS = 768 * 768  # above this frame area, "auto" tiles the VAE encode to bound memory
 
 
@@ -37,12 +40,14 @@ class PreprocessSettings:
     missing_caption: MissingCaption = "skip"
     tiling: Literal["auto", "on", "off"] = "auto"
     seed: int = 0
+    missing_audio: MissingAudio | None = None  # None: the spec declares no audio source (and the key stays out)
 
     def to_json(self) -> dict[str, Any]:
         """As recorded in `cache.json`."""
         return {
             k: [list(v) for v in value] if k == "resolutions" else list(value) if isinstance(value, tuple) else value
             for k, value in attrs.asdict(self, recurse=False).items()
+            if not (k == "missing_audio" and value is None)  # a cache without sound reads as it always has
         }
 
     def tiles(self, width: int, height: int) -> bool:
@@ -65,6 +70,7 @@ def build_settings(
     missing_caption: MissingCaption = "skip",
     tiling: Literal["auto", "on", "off"] = "auto",
     seed: int = 0,
+    missing_audio: MissingAudio = "mask",
 ) -> PreprocessSettings:
     """Settings from command-line choices, defaulting to the spec's generation defaults."""
     sampler, geometry = plan.sampler, plan.geometry
@@ -102,4 +108,5 @@ def build_settings(
         missing_caption=missing_caption,
         tiling=tiling,
         seed=seed,
+        missing_audio=missing_audio if any(stream.source for stream in plan.streams.values()) else None,
     )

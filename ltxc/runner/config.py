@@ -74,6 +74,9 @@ class TrainSection:
     base: Literal["as_loaded", "nf4", "int8"] = "as_loaded"
     block_swap: int = 0
     fused_optimizer_step: bool = False
+    audio: bool = False
+    video: bool = True
+    audio_loss_weight: float = 1.0
 
 
 @frozen
@@ -300,6 +303,9 @@ def _finish(loaded: Loaded, default_name: str) -> Loaded:
         )
         problems.append(locator.problem(("export", "full"), message))
     _task_rules(loaded, problems)
+    if not train.video and not train.audio:
+        message = "false trains no stream: set train.audio = true to train the audio side only"
+        problems.append(locator.problem(("train", "video"), message))
     if problems:
         raise ConfigError(problems)
     name = config.run.name or default_name

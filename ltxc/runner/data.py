@@ -15,6 +15,7 @@ from ltxc.errors import UserError
 from ltxc.plan import Plan
 from ltxc.runner.config import RunConfig, TrainSection
 from ltxc.runner.distributed import Distributed
+from ltxc.runner.streams import TrainingStreams, check_streams
 from ltxc.runner.tasks import TrainingTasks, training_tasks
 from ltxc.runner.text import TrainingText
 
@@ -22,12 +23,13 @@ from ltxc.runner.text import TrainingText
 @frozen
 class TrainData:
     """This rank's batches, the cache's frame rate, the text conditioning built from the cache and the tasks
-    (`[tasks]` of the run config) its samples train besides text-to-video."""
+    (`[tasks]` of the run config) its samples train besides text-to-video, and the streams trained with the video."""
 
     loader: StatefulDataLoader
     fps: float
     text: TrainingText
     tasks: TrainingTasks
+    streams: TrainingStreams | None = None  # `train.audio`: the streams trained jointly with the video
 
     @property
     def batches_per_epoch(self) -> int:
@@ -45,6 +47,8 @@ class TrainData:
 def load_data(plan: Plan, config: RunConfig, info: Distributed) -> TrainData:
     """Open the cache (refusing one made with another plan) and make this rank's loader."""
     cache = Path(str(config.data.cache))
+    trained = [plan.tasks[n] for n, section in config.tasks.items() if section.probability > 0 and n in plan.tasks]
+    check_streams(plan, config, trained)  # `train.audio` on a plan without streams, before the cache is opened
     dataset = CacheDataset(cache)
     cached_hash = dataset.header.get("spec", {}).get("hash")
     if cached_hash != plan.hash:
@@ -54,6 +58,9 @@ def load_data(plan: Plan, config: RunConfig, info: Distributed) -> TrainData:
         )
     tasks = training_tasks(plan, config)  # a task the plan lacks is refused before the model is built
     tasks.check_cache(dataset.header, cache)
+    streams = TrainingStreams(plan, config)
+    if streams.on:
+        streams.require(dataset[0])  # a cache without the streams' latents is refused before the model is built
     loader = make_loader(
         dataset,
         config.data.batch_size,
@@ -64,7 +71,7 @@ def load_data(plan: Plan, config: RunConfig, info: Distributed) -> TrainData:
         pin_memory=config.data.pin_memory,
     )
     fps = float(dataset.header["settings"]["fps"])
-    return TrainData(loader, fps, TrainingText(plan, dataset, info.device), tasks)
+    return TrainData(loader, fps, TrainingText(plan, dataset, info.device), tasks, streams)
 
 
 def total_steps(train: TrainSection, batches_per_epoch: int) -> int:

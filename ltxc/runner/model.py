@@ -17,6 +17,7 @@ from ltxc.runner.lora import add_lora, run_lora_config
 from ltxc.runner.parallelize import kept_in_float32, parallelize
 from ltxc.runner.quantise import check_base, count_nf4, quantise_base, tensor_bytes
 from ltxc.runner.seeds import LORA_INIT, derived_seed
+from ltxc.runner.streams import parameter_trains
 
 BIG_MODEL_PARAMS = 100_000_000  # "auto" activation checkpointing turns on above this size
 
@@ -106,7 +107,8 @@ def compute_dtype(precision: str, device: torch.device, model: torch.nn.Module |
 
 
 def _make_trainable(model: torch.nn.Module, plan: Plan, config: RunConfig) -> LoraConfig | None:
-    """Full: every weight trains; LoRA: only the adapter's. Frozen parts never train. Returns the LoRA config."""
+    """Full: every weight trains; LoRA: only the adapter's. Frozen parts never train, except the modules of the
+    streams a `train.audio` run trains (and with `train.video = false` only those). Returns the LoRA config."""
     model.requires_grad_(config.train.mode == "full")
     lora = None
     if config.train.mode == "lora":
@@ -115,7 +117,7 @@ def _make_trainable(model: torch.nn.Module, plan: Plan, config: RunConfig) -> Lo
             torch.manual_seed(derived_seed(config.run.seed, LORA_INIT))
             add_lora(model, lora)
     for name, param in model.named_parameters():
-        if any(part in name for part in plan.frozen):
+        if not parameter_trains(name, plan, config):
             param.requires_grad_(False)  # e.g. branches the video-only objective never reaches
     return lora
 

@@ -1,5 +1,6 @@
 """Resuming: which checkpoint a run continues from, what a checkpoint records about the run that made it, and
-the refusals when this run would not continue that run (another mode, LR schedule, seed or global batch)."""
+the refusals when this run would not continue that run (another mode, LR schedule, seed, global batch or
+trained streams)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def run_meta(config: RunConfig, plan_hash: str, total_steps: int, world_size: in
         "spec_hash": plan_hash,
         "global_batch": config.global_batch(world_size),
         "grad_accum": config.train.grad_accum,
+        "streams": "+".join(s for s, on in (("video", config.train.video), ("audio", config.train.audio)) if on),
     }
 
 
@@ -74,6 +76,7 @@ def check_resumable(
         or _batch_problem(recorded, now, world_size)
         or _seed_problem(recorded, now)
         or _steps_problem(recorded, now, config.train)
+        or _streams_problem(recorded, now)
     )
     if problem:
         raise UserError(f"{path} {problem}")
@@ -115,6 +118,17 @@ def _batch_problem(recorded: dict[str, Any], now: dict[str, Any], world_size: in
         f"was trained with a global batch of {batch} (ranks x data.batch_size x train.grad_accum, grad_accum "
         f"{accum}), this run has {now['global_batch']} (grad_accum {now['grad_accum']}): the data order would "
         f"not continue; {fix}, {START_OVER}"
+    )
+
+
+def _streams_problem(recorded: dict[str, Any], now: dict[str, Any]) -> str | None:
+    trained = str(_recorded(recorded, now, "streams"))
+    if trained == now["streams"]:
+        return None
+    video, audio = ("true" if s in trained.split("+") else "false" for s in ("video", "audio"))
+    return (
+        f"trained the streams {trained} and this run trains {now['streams']}: other modules would train; "
+        f"--set train.audio={audio} --set train.video={video} continues it, {START_OVER}"
     )
 
 

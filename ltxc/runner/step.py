@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from attrs import frozen
+from attrs import field, frozen
 
 from ltxc.adapter import Adapter, dropout_decisions
 from ltxc.flow import flow_loss, flow_target, loss_weights, noisy_latents, sample_sigmas
@@ -23,7 +23,8 @@ from ltxc.runner.distributed import Distributed, all_reduce_mean
 from ltxc.runner.fused_step import FusedStep
 from ltxc.runner.parallelize import unsharded_autocast
 from ltxc.runner.seeds import derived_seed
-from ltxc.runner.tasks import TrainingTasks, predict
+from ltxc.runner.streams import StreamInputs, TrainingStreams
+from ltxc.runner.tasks import TaskInputs, TrainingTasks, predict, predict_streams
 
 
 @frozen
@@ -54,6 +55,7 @@ class StepResult:
     sample_losses: torch.Tensor  # [samples this rank saw]
     data_seconds: float  # waiting for batches
     compute_seconds: float
+    stream_losses: dict[str, float] = field(factory=dict)  # `train.audio`: each term of the loss ("video", ...)
 
 
 @frozen
@@ -64,6 +66,8 @@ class Draws:
     noise: torch.Tensor  # [B, C, F, H, W] float32
     drop: torch.Tensor  # [B] bool: the caption is dropped (CFG dropout)
     tasks: tuple[CompiledTask | None, ...]  # the task each sample trains (None: text-to-video)
+    # `train.audio`: per stream (noise [B, L, D], its own σ [B] or None: the video's), drawn after the rest
+    streams: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(factory=dict)
 
 
 @frozen
@@ -73,6 +77,7 @@ class _Micro:
     sample_losses: torch.Tensor
     data_seconds: float
     compute_seconds: float
+    terms: dict[str, torch.Tensor] = field(factory=dict)
 
 
 def train_step(t: Training, step: int) -> StepResult:
@@ -89,6 +94,8 @@ def train_step(t: Training, step: int) -> StepResult:
     # fused: every parameter already stepped inside the backward (one process, no clipping: checked at set-up)
     grad_norm = _clip(t.model, t.config.train.grad_clip) if t.fused is None else t.fused.grad_norm()
     loss = all_reduce_mean(step_loss).item()
+    names = micros[0].terms.keys()
+    terms = {n: all_reduce_mean(sum(m.terms[n] for m in micros) / grad_accum).item() for n in names}
     lr = t.lr_schedule.get_last_lr()[0]  # the LR this step uses, read before the schedule moves on
     if math.isfinite(loss):  # a diverged step changes nothing: the caller stops at the last good state
         if t.fused is None:
@@ -102,44 +109,81 @@ def train_step(t: Training, step: int) -> StepResult:
         sample_losses=torch.cat([m.sample_losses for m in micros]),
         data_seconds=sum(m.data_seconds for m in micros),
         compute_seconds=sum(m.compute_seconds for m in micros),
+        stream_losses=terms,
     )
 
 
 def _accumulate(t: Training, step: int, micro: int) -> _Micro:
-    """One micro-batch: draw σ, noise, dropout and tasks per sample, predict, weighted MSE, backward (grads add up)."""
+    """One micro-batch: draw σ, noise, dropout, tasks (and the streams' noise) per sample, predict, weighted MSE
+    (plus the streams' terms), backward (grads add up)."""
     began = time.monotonic()
     batch = next(t.batches)
     fetched = time.monotonic()
     device = t.info.device
     x0 = batch["latents"].to(device, torch.float32, non_blocking=True)
     first = t.info.rank * x0.shape[0]  # this rank's first sample in the global batch
-    draws = draw_micro(t.plan, t.config, t.data.tasks, step, micro, first, tuple(x0.shape))
+    streams = t.data.streams if t.data.streams is not None and t.data.streams.on else None
+    shapes = None if streams is None else streams.shapes(batch)
+    draws = draw_micro(t.plan, t.config, t.data.tasks, step, micro, first, tuple(x0.shape), streams, shapes)
     sigma, noise = draws.sigma.to(device), draws.noise.to(device)
     text = t.data.text(batch, draws.drop)
     noisy = noisy_latents(x0, noise, sigma)
     task = t.data.tasks.inputs(batch, x0, noisy, draws.tasks)  # None: every sample is text-to-video
+    joint = None if streams is None else streams.inputs(batch, draws.streams, sigma)
     with unsharded_autocast(t.model, t.compute_dtype, device):  # a no-op unless a lever left it unwrapped on a GPU
-        if task is None:
-            prediction = t.adapter.predict(t.model, noisy, sigma, text, t.data.fps, compute_dtype=t.compute_dtype)
-        else:
-            prediction = predict(t.adapter, t.model, task, sigma, text, t.data.fps, t.compute_dtype)
+        prediction, others = _predict(t, noisy, sigma, text, task, joint)
     weights = loss_weights(t.plan.loss_weight, sigma, t.plan.constants)
     loss, sample_losses = flow_loss(prediction, flow_target(x0, noise), weights, None if task is None else task.keep)
+    terms: dict[str, torch.Tensor] = {}
+    if streams is not None and joint is not None:
+        loss, terms = streams.loss(loss, others, joint)
     # a fused step would apply a non-finite loss's gradients inside the backward: skip it (the run stops)
     if t.fused is None or bool(torch.isfinite(loss)):
         (loss / t.config.train.grad_accum).backward()  # each backward() sums grads, so normalise here
     swap = block_swap_of(t.model)
     if swap is not None:
         swap.settle()  # the first swapped block's weights go back to the CPU once the backward is done
-    return _Micro(loss.detach(), sigma.detach(), sample_losses.detach(), fetched - began, time.monotonic() - fetched)
+    seconds = (fetched - began, time.monotonic() - fetched)
+    return _Micro(loss.detach(), sigma.detach(), sample_losses.detach(), *seconds, terms)
+
+
+def _predict(
+    t: Training,
+    noisy: torch.Tensor,
+    sigma: torch.Tensor,
+    text: dict[str, torch.Tensor],
+    task: TaskInputs | None,
+    joint: StreamInputs | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The video prediction float32 [B, C, F, H, W] and each jointly trained stream's (none in a video-only run)."""
+    fps, dtype = t.data.fps, t.compute_dtype
+    if joint is None:  # video only: the streams get their dummies
+        if task is None:
+            return t.adapter.predict(t.model, noisy, sigma, text, fps, compute_dtype=dtype), {}
+        return predict(t.adapter, t.model, task, sigma, text, fps, dtype), {}
+    streams, stream_sigmas = joint.noisy, joint.sigma
+    if task is None:
+        env = t.adapter.environment(noisy, sigma, text, fps, compute_dtype=dtype, streams=streams,
+                                    stream_sigmas=stream_sigmas)  # fmt: skip
+        return t.adapter.outputs(t.model, env)
+    return predict_streams(t.adapter, t.model, task, sigma, text, fps, dtype, streams, stream_sigmas)
 
 
 def draw_micro(
-    plan: Plan, config: RunConfig, tasks: TrainingTasks, step: int, micro: int, first: int, shape: tuple[int, ...]
+    plan: Plan,
+    config: RunConfig,
+    tasks: TrainingTasks,
+    step: int,
+    micro: int,
+    first: int,
+    shape: tuple[int, ...],
+    streams: TrainingStreams | None = None,
+    stream_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> Draws:
     """The draws of micro-batch `micro` of `step` for the samples at global positions first.. of latents `shape`
-    [B, C, F, H, W]: per sample σ, noise, the dropout coin, then the task coin, in that order from its generator
-    (so without tasks every draw is text-to-video's)."""
+    [B, C, F, H, W]: per sample σ, noise, the dropout coin, the task coin, then (`streams`, of per-sample
+    `stream_shapes`) each stream's noise and own σ, in that order from its generator (so without tasks and streams
+    every draw is text-to-video's)."""
     b = shape[0]
     tokens = math.prod(shape[2:])  # latent F*H*W: the sequence length the reference sampler shifts by
     seed = config.run.seed
@@ -147,7 +191,9 @@ def draw_micro(
     sigma = torch.cat([sample_sigmas(plan.flow, 1, tokens, g) for g in gens])
     noise = torch.stack([torch.randn(shape[1:], generator=g) for g in gens])
     drop = dropout_decisions(gens, config.train.cfg_dropout)
-    return Draws(sigma, noise, drop, tasks.draw(gens, seed, step, micro, shape[2]))
+    drawn = tasks.draw(gens, seed, step, micro, shape[2])
+    joint = {} if streams is None or not streams.on else streams.draw(gens, stream_shapes or {})
+    return Draws(sigma, noise, drop, drawn, joint)
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:

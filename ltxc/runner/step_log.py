@@ -1,6 +1,6 @@
 """What the loop reports after each step: the progress bar, and every `log.every` steps (and at the last) one
-metrics record: loss, grad norm, LR, samples/s since the last record, data-wait fraction, peak memory and the
-σ-bucketed losses."""
+metrics record: loss, grad norm, LR, samples/s since the last record, data-wait fraction, peak memory, the
+σ-bucketed losses and, with `train.audio`, each term of the loss (loss_video, loss_audio)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ class StepLog:
             "data_wait_fraction": self.data_seconds / max(self.data_seconds + self.compute_seconds, 1e-9),
             "peak_memory_mb": peak_memory_mb(self.info.device),
             **sigma_bucket_losses(result.sigmas.cpu(), result.sample_losses.cpu()),
+            **{f"loss_{name}": value for name, value in result.stream_losses.items()},  # `train.audio`: each term
         }
         self.metrics.log(done, values)
         self.bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}",

@@ -205,14 +205,32 @@ def predict(
 ) -> Tensor:
     """The target's prediction, float32 [B, C, F, H, W], from a pass with the task's call mapping and conditions
     (appended tokens' predictions dropped)."""
+    return predict_streams(adapter, model, inputs, sigma, text, fps, compute_dtype)[0]
+
+
+def predict_streams(
+    adapter: Adapter,
+    model: torch.nn.Module,
+    inputs: TaskInputs,
+    sigma: Tensor,
+    text: Text,
+    fps: float,
+    compute_dtype: torch.dtype | None = None,
+    streams: Mapping[str, Tensor] | None = None,
+    stream_sigmas: Mapping[str, Tensor] | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`predict`, with the streams trained jointly (`streams`: their noisy latents, `stream_sigmas`: their own σ)
+    and every stream's prediction as float32."""
     env = adapter.environment(
-        inputs.latents, sigma, text, fps, compute_dtype=compute_dtype, grid=inputs.grid, conditions=inputs.conditions
-    )
+        inputs.latents, sigma, text, fps, compute_dtype=compute_dtype, grid=inputs.grid, conditions=inputs.conditions,
+        streams=streams, stream_sigmas=stream_sigmas,
+    )  # fmt: skip
     if inputs.grid is None:
-        return adapter.outputs(model, env, inputs.call)[0]
-    video, _ = adapter.raw_outputs(model, env, inputs.call)
+        return adapter.outputs(model, env, inputs.call)
+    video, others = adapter.raw_outputs(model, env, inputs.call)
     target = video[:, : video.shape[1] - inputs.conditions.appended]
-    return adapter.geometry.unpack(target, *inputs.grid).to(torch.float32)
+    others = {name: value.to(torch.float32) for name, value in others.items()}
+    return adapter.geometry.unpack(target, *inputs.grid).to(torch.float32), others
 
 
 def _fits(task: CompiledTask, frames: int) -> bool:

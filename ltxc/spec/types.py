@@ -12,6 +12,7 @@ from typing import Any, Literal
 from attrs import field, frozen
 
 from ltxc.document.convert import drop_none, key, make_converter
+from ltxc.spec.audio_types import AudioSourceSpec
 
 # A VAE statistic: "<role>.<buffer>", "<role>.config.<key>" or a literal list of numbers.
 StatRef = str | tuple[float, ...]
@@ -212,6 +213,9 @@ class StreamSpec:
     pack: str = "x"
     sample: Literal["joint", "dummy"] = "joint"
     guidance: float | None = None
+    source: AudioSourceSpec | None = None  # how a clip's sound becomes this stream's cached latents
+    sigma: Literal["shared", "independent"] = "shared"  # joint training: the video's σ, or its own draw and shift
+    modules: tuple[str, ...] = ()  # parameter-name parts of its branch and the cross-modal modules
 
 
 @frozen
@@ -289,6 +293,8 @@ class ConditionSpec:
     frames: tuple[int, int] = (0, 1)  # place = "frames": the latent-frame range [start, end)
     encode: Literal["mode", "sample"] | None = None  # the VAE posterior; unset: [latent] encode
     normalise: NormaliserSpec | None = None  # unset: [latent] normalise
+    # sampling: pixels cast to the prompt's dtype and latents to float32 before normalising, or both in the VAE's
+    encode_dtype: Literal["prompt", "vae"] = "prompt"
     keep: Literal["skip", "blend"] = "skip"  # sampling: the scheduler steps only the other tokens, or x0 is blended
     loss: bool = False  # conditioned tokens enter the loss
     downscale: int = 1  # place = "append": the input's size is the target's / downscale
@@ -305,6 +311,7 @@ class TaskSpec:
     reference: str | None = None  # the diffusers pipeline `ltxc verify --task` compares against
     reference_args: dict[str, str] = field(factory=dict)
     lora_metadata: dict[str, str] = field(factory=dict)  # key -> expression, written into an exported LoRA
+    noise: Literal["grid", "packed"] = "grid"  # sampling: each stream's noise drawn in its own shape, or packed
 
 
 @frozen
