@@ -200,7 +200,10 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="a training checkpoint or an export directory (LoRA or full)")
     p.add_argument("--lora-scale", type=float, default=1.0, help="scale of a LoRA checkpoint or export")
     p.add_argument("--output", type=Path, required=True, help="out.mp4 / .gif / .png (frame or contact sheet) / "
-                   ".safetensors (raw frames)")  # fmt: skip
+                   ".safetensors (raw frames); an .mp4 gets the generated sound as an AAC track (trimmed or padded "
+                   "to the video's length) when the spec decodes sound ([streams.<name>.decode])")  # fmt: skip
+    p.add_argument("--audio-out", type=Path, help="also write the generated sound as 16-bit .wav at the vocoder's rate "
+                   "(several prompts: NAME-0.wav, NAME-1.wav, ...); the spec must decode sound")  # fmt: skip
     p.add_argument("--plan", type=Path, help="plan.json (default: the checkpoint's run, .ltxc/plan.json, embedded)")
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--compare-cache", type=Path, help="print the latent distance to each cached sample (demo)")
@@ -249,6 +252,7 @@ def _generate(args: argparse.Namespace) -> int:
         image=args.image,
         reference=args.reference,
         reference_strength=args.reference_strength,
+        audio_out=args.audio_out,
     )
 
 

@@ -37,6 +37,10 @@ def _flatten(x: torch.Tensor, start: int = 0, end: int = -1) -> torch.Tensor:
     return x.flatten(start, end)
 
 
+def _unflatten(x: torch.Tensor, dim: int, sizes: Any) -> torch.Tensor:
+    return x.unflatten(dim, tuple(sizes))
+
+
 def _unsqueeze(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.unsqueeze(dim)
 
@@ -98,6 +102,7 @@ def op_table(geometry: Geometry) -> dict[str, Callable[..., Any]]:
         "size": _size,
         "transpose": _transpose,
         "flatten": _flatten,
+        "unflatten": _unflatten,
         "unsqueeze": _unsqueeze,
         "cat": _cat,
         "pixel_boxes": lambda like, frames, height, width, fps, causal_offset=1, spatial_scale=1: pixel_boxes(

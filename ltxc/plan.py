@@ -39,6 +39,8 @@ class CompiledStream:
     sigma: str = "shared"  # joint training: "shared" (the video's σ) or "independent" (its own draw and shift)
     modules: tuple[str, ...] = ()  # parameter-name parts of its branch and the cross-modal modules
     source: spec_types.AudioSourceSpec | None = None  # preprocessing: how a clip's sound becomes its latents
+    decode: spec_types.StreamDecodeSpec | None = None  # generation: how its final latents become a waveform
+    unpack: Expr | None = None  # decode.unpack, compiled (of `x`)
 
 
 @frozen

@@ -43,7 +43,9 @@ from ltxc.initial_noise import stream_noise, video_noise
 from ltxc.latent_decode import decode_latents
 from ltxc.plan import VIDEO, CompiledCondition, Plan
 from ltxc.processor import Processor
+from ltxc.sampling_args import prompt_list, size_or_default
 from ltxc.schedule import set_schedule
+from ltxc.stream_decode import Sound, decode_sound
 
 # Called with (stage name, tensor) at each stage of one sampler call, when given (see `Sampler.__call__`).
 Trace = Callable[[str, Tensor], None]
@@ -69,6 +71,8 @@ class Generation:
     # state where the decode's draws begin, so `decode_latents` can run later, elsewhere, with the same noise
     undecoded: Tensor | None = None
     decode_state: Tensor | None = None
+    audio: Tensor | None = None  # the decoded stream's waveform [B, channels, samples] float32 on the CPU, or None
+    sample_rate: int | None = None  # its rate (Hz); None without a waveform
 
 
 @frozen
@@ -98,8 +102,10 @@ class Sampler:
         transformer: torch.nn.Module | None = None,
         compute_dtype: torch.dtype | None = None,
         trace: Trace | None = None,
+        sound: bool = True,
     ) -> None:
         self.plan = plan
+        self.sound = sound  # decode the spec's sound stream (`stream_decode`) when a call decodes
         self.settings = plan.sampler
         self.device = torch.device(device)
         self.components = components
@@ -175,7 +181,7 @@ class Sampler:
         `step1.<stream>`, then `final.<stream>` and `frames`; latents in the transformer's layout (appended tokens
         included, but not in `final`).
         """
-        prompts = _prompt_list(prompts)
+        prompts = prompt_list(prompts)
         run = self._resolve(negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale)
         trace = trace or self.trace
         text, negative = self._prompt_text(prompts, run.negative)
@@ -197,9 +203,7 @@ class Sampler:
             final[VIDEO] = conditions.target(final[VIDEO])
         _emit(trace, _named("final", final))
         grid = self.plan.geometry.unpack(final[VIDEO], run.shape.frames, run.shape.height, run.shape.width)
-        video = self._decode(grid, generator) if decode else None
-        if video is not None:
-            _emit(trace, {"frames": video})
+        video, sound = self._decode_all(grid, final, generator, trace) if decode else (None, None)
         return Generation(
             latents=grid.float().cpu(),
             video=video,
@@ -215,6 +219,8 @@ class Sampler:
             task=None if conditions is None else conditions.task.name,
             undecoded=None if decode else grid.cpu(),
             decode_state=None if decode else generator.get_state(),
+            audio=None if sound is None else sound.waveform,
+            sample_rate=None if sound is None else sound.sample_rate,
         )
 
     def _resolve(
@@ -366,6 +372,16 @@ class Sampler:
         tokens of a task's appended condition too); return (timesteps, σ)."""
         return set_schedule(self.settings, self.scheduler, steps, shape, self.device, appended)
 
+    def _decode_all(
+        self, grid: Tensor, final: Mapping[str, Tensor], generator: torch.Generator, trace: Trace | None
+    ) -> tuple[Tensor, Sound | None]:
+        """The frames, then the spec's sound (when it decodes one and `sound` is on); traced as `frames` and
+        `decode.<stream>` (the latents as the sound VAE's decode takes them)."""
+        video = self._decode(grid, generator)
+        sound = decode_sound(self.plan, self.components, final, self._role_dtype) if self.sound else None
+        _emit(trace, {"frames": video, **({} if sound is None else {f"decode.{sound.stream}": sound.latents})})
+        return video, sound
+
     def _decode(self, latents: Tensor, generator: torch.Generator) -> Tensor:
         """Normalised latents -> frames [B, F, H, W, 3] in [0, 1], by `[sampler] decode`'s steps in order."""
         return decode_latents(self.plan, self.processor.vae, self.normaliser, latents, generator, self._role_dtype)
@@ -380,21 +396,3 @@ def _emit(trace: Trace | None, tensors: Mapping[str, Tensor]) -> None:
     if trace is not None:
         for name, value in tensors.items():
             trace(name, value)
-
-
-def _prompt_list(prompts: Sequence[str]) -> list[str]:
-    """The prompts as a list (a lone string is one prompt); an error when there are none."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not prompts:
-        raise UserError("no prompts to generate from")
-    return list(prompts)
-
-
-def size_or_default(value: int | None, default: int | None, name: str) -> int:
-    """`value`, else the spec's default; a clear error when neither is set."""
-    if value is None:
-        value = default
-    if value is None:
-        raise UserError(f"no {name} given and the spec's [sampler] has no default {name}")
-    return int(value)

@@ -3,7 +3,7 @@
 A cold 2-rank launch costs two interpreters importing torch, diffusers and transformers (~10 s on 2 cores) before
 any training. So the 2-rank runs that the tests compare are *scenarios*, all run by one launch of this module:
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py LISTING.json
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/distributed_worker.py LISTING.json [NAME...]
 
 Each scenario is one `ltxc ARGV` (`ltxc.cli.main(argv)`, the CLI's own code path from argument parsing on) run on
 both ranks, in order, each in its own working directory with its own environment additions; each rank's stdout
@@ -107,7 +107,10 @@ def shared_group(name: str) -> Callable[[Callable[[Path], Prepared]], Callable[[
 
 
 def run_groups(names: Sequence[str], root: Path) -> dict[str, GroupRun]:
-    """Prepare the named groups, each in its own folder under `root`, run all their scenarios in one launch, and split the results."""
+    """Prepare the named groups (each in its own folder under `root`), run all their scenarios in one launch, and
+    split the results."""
+    if not names:
+        return {}
     prepared = {}
     for name in sorted(names):
         (root / name).mkdir(parents=True)
@@ -160,14 +163,18 @@ def read(path: Path) -> str:
 # -- the torchrun side -------------------------------------------------------------------------------------------
 
 
-def serve(listing: Path) -> int:
-    """Run every scenario of `listing` on this rank, in order."""
+def serve(listing: Path, only: Sequence[str] = ()) -> int:
+    """Run the scenarios of `listing` on this rank, in order (those named in `only`, when given)."""
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     timeout = datetime.timedelta(seconds=SCENARIO_TIMEOUT)
     agent = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, False, timeout)
-    for index, scenario in enumerate(json.loads(listing.read_text(encoding="utf-8"))):
+    scenarios = json.loads(listing.read_text(encoding="utf-8"))
+    unknown = set(only) - {scenario["name"] for scenario in scenarios}
+    if unknown:
+        raise SystemExit(f"no such scenario in {listing}: {', '.join(sorted(unknown))}")
+    for index, scenario in enumerate(s for s in scenarios if not only or s["name"] in only):
         # a fresh store for this scenario's group, hosted by rank 0, its port passed on through the agent's store
         store = dist.TCPStore("127.0.0.1", 0, world, True, timeout, wait_for_workers=False) if rank == 0 else None
         if store is not None:
@@ -264,5 +271,5 @@ def working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-if __name__ == "__main__":
-    raise SystemExit(serve(Path(sys.argv[1])))
+if __name__ == "__main__":  # LISTING.json [NAME...]
+    raise SystemExit(serve(Path(sys.argv[1]), sys.argv[2:]))

@@ -36,7 +36,7 @@ from ltxc.runner.memory_meta import meta_module
 from ltxc.runner.memory_plan import plan_memory
 from ltxc.runner.model import build_model
 from ltxc.runner.optim import make_optimizer
-from ltxc.runner.quantise import count_nf4, tensor_bytes
+from ltxc.runner.quantise import count_quantised, tensor_bytes
 from ltxc.spec import load_spec
 
 MODULES = ("transformer",)
@@ -88,7 +88,7 @@ def allocated(plan: Plan, cfg: RunConfig) -> tuple[int, int, int, int]:
     params = sum(tensor_bytes(p) for p in model.parameters())
     grads = sum(tensor_bytes(p.grad) for p in trained)
     state = sum(tensor_bytes(v) for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor))
-    return params, grads, state, count_nf4(model)
+    return params, grads, state, count_quantised(model)
 
 
 # NF4 and AdamW8bit on the tiny LTX-Video twin only: its width (256) holds whole NF4 blocks (the other tiny
@@ -99,6 +99,7 @@ CASES = [
     ("ltx-bf16", {"mode": "lora"}, {}),
     ("ltx-bf16", {"mode": "full"}, {}),
     ("ltx-bf16", {"mode": "lora", "base": "nf4"}, {"name": "adamw_8bit"}),
+    ("ltx-bf16", {"mode": "lora", "base": "int8"}, {}),
     ("ltx-bf16", {"mode": "full"}, {"name": "adamw_bf16"}),
     ("ltx-2.3-bf16", {"mode": "lora"}, {}),
     ("ltx-2.3-bf16", {"mode": "full"}, {}),
@@ -119,7 +120,7 @@ def test_the_plan_equals_the_allocated_bytes(
     print(f"{spec} {train} {optimizer}: params {params} grads {grads} state {state} nf4 {nf4}")
     assert (planned, memory.params.grads, memory.params.optimizer) == (params, grads, state)
     assert memory.params.quantised == nf4
-    if train.get("base") == "nf4":
+    if train.get("base") in ("nf4", "int8"):
         assert nf4 > 0  # the case checks quantised weights, not an empty set
 
 

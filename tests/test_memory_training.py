@@ -6,7 +6,8 @@
 - NF4 base (`train.base = "nf4"`): how many frozen linear weights are quantised and how many skipped (sizes
   that do not fit torchao's 64 × 256 blocks), the forward within NF4's error of the bf16 base, gradients only to
   the LoRA; a LoRA trains on it, its diffusers export loads into a fresh pipeline with the trained weights;
-  `nf4` with a full fine-tune and `int8` are one-line errors.
+  `nf4` with a full fine-tune, and `int8` on several processes, are one-line errors; `int8` on one process stores
+  every frozen linear weight int8 (torchao weight-only), forward within int8's error, gradients only to the LoRA.
 - Optimizers: `adamw_8bit` keeps 8-bit moments exactly for the tensors of ≥ 4,096 elements (widths here are
   multiples of 128); `adamw_bf16` keeps a full fine-tune's weights bf16 after steps; it is refused for a LoRA.
 - Exact resume with an NF4 base and 8-bit AdamW: stop + resume equals the uninterrupted run, at 1 rank here and
@@ -40,7 +41,7 @@ from ltxc.runner.config import RunConfig
 from ltxc.runner.distributed import init_distributed
 from ltxc.runner.model import build_model
 from ltxc.runner.optim import STATE_BLOCK, STATE_MIN, make_optimizer, quantised_states
-from ltxc.runner.quantise import NF4_UNIT, count_nf4, is_nf4, quantise_base, tensor_bytes
+from ltxc.runner.quantise import NF4_UNIT, check_base, count_nf4, is_nf4, is_quantised, quantise_base, tensor_bytes
 from ltxc.runner.train import train
 from ltxc.spec import load_spec
 
@@ -219,13 +220,44 @@ def test_nf4_quantises_the_frozen_audio_branch_of_a_video_only_lora(tmp_path: Pa
     assert grads and all(".lora_" in name and not any(part in name for part in plan.frozen) for name in grads)
 
 
-def test_nf4_is_refused_for_a_full_fine_tune_and_int8_is_not_available(plan: Plan, tmp_path: Path) -> None:
+def test_nf4_is_refused_for_a_full_fine_tune_and_int8_on_several_processes(plan: Plan, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r'train.base = "nf4".*train.mode = "lora"'):
         built(plan, nf4_config(tmp_path, train={"mode": "full"}))
-    with pytest.raises(UserError, match=r'train.base = "int8" is not available yet.*use train.base = "nf4"'):
-        built(plan, run_config(tmp_path, train={"base": "int8"}))
+    for world, offload in ((2, False), (1, True)):
+        with pytest.raises(UserError, match=r'train.base = "int8" trains on one process only.*use train.base = "nf4"'):
+            check_base("int8", "lora", world, offload)
     with pytest.raises(UserError, match=r'optimizer.name = "adamw_bf16".*train.mode = "full"'):
         built(plan, run_config(tmp_path, optimizer={"name": "adamw_bf16"}))
+
+
+def test_int8_stores_every_frozen_linear_on_one_process(bf16_plan: Plan, tmp_path: Path) -> None:
+    """int8 weight-only (one process, where it composes): every frozen linear weight int8 with a scale per row,
+    the forward within int8's error of the bf16 base, gradients only to the LoRA, bytes as the plan counts them."""
+    reference = built(bf16_plan, run_config(tmp_path, train={"fused_optimizer_step": True}))  # unwrapped alike
+    model = built(bf16_plan, run_config(tmp_path, train={"base": "int8"}))
+    frozen = [m.weight for m in reference.modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad]
+    quantised = [p for p in model.parameters() if is_quantised(p)]
+    assert len(quantised) == len(frozen) == 27 and not any(
+        is_quantised(p) for p in model.parameters() if p.requires_grad
+    )
+    assert parameter_bytes(model) < 0.6 * parameter_bytes(reference)
+    gen = torch.Generator().manual_seed(0)
+    inputs = {
+        "hidden_states": torch.randn(1, 6, 128, generator=gen).bfloat16(),
+        "encoder_hidden_states": torch.randn(1, 5, 32, generator=gen).bfloat16(),
+        "encoder_attention_mask": torch.ones(1, 5),
+        "timestep": torch.tensor([500.0]),
+        "num_frames": 1,
+        "height": 2,
+        "width": 3,
+    }
+    want, got = reference(**inputs).sample.float(), model(**inputs).sample.float()
+    error = ((got - want).norm() / want.norm()).item()
+    print(f"int8 base: {len(quantised)} weights, relative error of the forward {error:.2e}")
+    assert 0 < error < 5e-2  # quantised (not bit-equal), and well inside NF4's error
+    got.square().mean().backward()
+    grads = {name for name, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(".lora_" in name for name in grads)
 
 
 def test_an_nf4_lora_trains_and_its_export_loads_in_diffusers(plan: Plan, cache: Path, tmp_path: Path) -> None:

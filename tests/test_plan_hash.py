@@ -20,9 +20,9 @@ from conftest import SPECS
 # resolved spec; the shipped specs also set input_dtype and decode). Caches and checkpoints made before issue 11
 # must be rebuilt (`ltxc run preprocess --overwrite`). Spec path relative to specs/ -> plan hash.
 PINNED = {
-    "ltx-2.3.toml": "98cd63baa76667ae4acb8938f4db0e3167f32ba104c06bba4e99ecec1631631f",
+    "ltx-2.3.toml": "078a8acc9c71478567562d6fe056288babca3142bdc4846701036cb78163fdb2",
     "ltx.toml": "dfc883c1f9aa2841906db70146fc5b12010131fb56ab1a6099d2dd4ec3178543",
-    "tiny/ltx-2.3.toml": "ccc37e91e6e08ff3681dbf839ed617bb0ad0d384e3a0a279151884a3ce8fb779",
+    "tiny/ltx-2.3.toml": "cb827fdda312f306e7cc74b8ae55ac975d06d30789f7c3e836e582c51cf46073",
     "tiny/ltx.toml": "2fab3683c97888e32a918f87c942b834e1859243f592a513ad4d0e19f5f26a36",
     "tiny/wan-2.1.toml": "ff7f376fa87719d6e97f7b38be5f13866bf605597d6f1c088ee1c35dbc2cc8e5",
     "wan-2.1.toml": "fec381e876e32c3497400cded03804ca4dc52c8ca0611692e9a635865f95f794",

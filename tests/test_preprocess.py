@@ -21,9 +21,9 @@ The spec is a child of specs/tiny/ltx.toml (written to a temp dir): a random per
 scaling 0.7, so the normaliser is not the identity, and a text encoder wide enough (d_model 512) that its
 output depends on the CPU thread count, so "byte-identical whatever the split" is a check that can fail.
 
-Run: `pytest -q -m "not slow" tests/test_preprocess.py` (CPU only, nothing downloaded; ~25 s on 2 cores);
-`pytest -q -m slow tests/test_preprocess.py` for torchrun (~10 s); plain `pytest -q tests/test_preprocess.py`
-runs both.
+Run: `pytest -q -m "not slow" tests/test_preprocess.py` (CPU only, nothing downloaded; ~10 s on 2 cores);
+`pytest -q -m slow tests/test_preprocess.py` for the multi-process tests (kill and rerun, --workers, torchrun
+in the shared launch; ~30 s); plain `pytest -q tests/test_preprocess.py` runs both.
 """
 
 from __future__ import annotations
@@ -546,6 +546,7 @@ def assert_incomplete(cache: Path) -> int:
     return len(done)
 
 
+@pytest.mark.slow  # a subprocess, SIGKILLed
 def test_rerun_after_kill_gives_the_uninterrupted_cache(
     tmp_path: Path, plan_path: Path, killed_run: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -561,6 +562,7 @@ def test_rerun_after_kill_gives_the_uninterrupted_cache(
     assert_same_tree(cache, reference)
 
 
+@pytest.mark.slow  # the killed subprocess's cache
 def test_rerun_survives_a_torn_journal_line_and_a_leftover_temp_file(
     tmp_path: Path, plan_path: Path, killed_run: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -583,6 +585,7 @@ def test_rerun_survives_a_torn_journal_line_and_a_leftover_temp_file(
 # -- 5. workers ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # worker processes
 def test_two_workers_give_the_same_cache_as_one(
     tmp_path: Path, plan_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

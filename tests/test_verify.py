@@ -46,6 +46,8 @@ STAGES = {
         "latents",
         "latents.audio",
         "frames",
+        "audio.latents",  # the decoded sound ([streams.audio.decode]): the VAE's input, then the waveform
+        "audio.waveform",
     ),
     "wan-2.1": (*TEXT, *SCHEDULE, "noise", "input.timestep", "pred.uncond", "pred.cond", "step1", "latents", "frames"),
 }

@@ -232,10 +232,13 @@ def run_generate(
     image: Path | None = None,
     reference: Path | None = None,
     reference_strength: float = 1.0,
+    audio_out: Path | None = None,
 ) -> int:
-    """The whole command; returns the exit code. `prompts_file` adds its prompts after `prompts`."""
-    from ltxc.media.write import SUFFIXES, write_frames
+    """The whole command; returns the exit code. `prompts_file` adds its prompts after `prompts`. An .mp4 gets
+    the generated sound when the spec decodes any; `audio_out` (.wav) gets it alone."""
+    from ltxc.media.write import SUFFIXES, write_frames, write_wav
     from ltxc.sampler import Sampler
+    from ltxc.stream_decode import decoded_stream
 
     if prompts_file is not None:
         prompts = [*prompts, *read_prompts(prompts_file)]
@@ -248,6 +251,9 @@ def run_generate(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     record = checkpoint_record(checkpoint)  # run.json, read once: it gives the plan and how the weights were trained
     plan = plan_for(checkpoint, plan_path, record)
+    if audio_out is not None and (audio_out.suffix.lower() != ".wav" or decoded_stream(plan) is None):
+        why = "use a .wav path" if audio_out.suffix.lower() != ".wav" else f"spec {plan.name!r} decodes no sound"
+        raise UserError(f"--audio-out {audio_out}: {why}")
     # the inputs first: a bad one (or a spec with no task for it) fails before any weights load, nothing written
     clip = None
     if reference is not None:
@@ -256,7 +262,8 @@ def run_generate(
     components = plan.components()
     transformer = load_transformer(plan, components, checkpoint, lora_scale, record).to(device)
     sampler = Sampler(plan, components, device=device, transformer=transformer)
-    for prompt, path in zip(prompts, output_paths(output, len(prompts)), strict=True):
+    wavs = output_paths(audio_out, len(prompts)) if audio_out is not None else []
+    for index, (prompt, path) in enumerate(zip(prompts, output_paths(output, len(prompts)), strict=True)):
         result = sampler([prompt], negative_prompt=negative_prompt, frames=frames, height=height, width=width,
                          fps=fps, steps=steps, guidance=guidance, seed=seed, progress=True, image=pixels,
                          reference=clip, reference_strength=reference_strength)  # fmt: skip
@@ -264,7 +271,11 @@ def run_generate(
         settings = {"prompt": prompt, "seed": str(seed), **{k: str(v) for k, v in inputs.items() if v is not None}}
         if reference is not None:
             settings["reference_strength"] = f"{reference_strength:g}"
-        written = write_frames(result.video[0], path, fps=result.fps, metadata=settings)
+        sound = None if result.audio is None else result.audio[0]
+        written = write_frames(result.video[0], path, fps=result.fps, metadata=settings, audio=sound,
+                               sample_rate=result.sample_rate)  # fmt: skip
+        if wavs and sound is not None and result.sample_rate:
+            print(f"wrote {write_wav(sound, wavs[index], result.sample_rate)} ({result.sample_rate} Hz)")
         given = "".join(f", {k} {v}" for k, v in inputs.items() if v is not None)
         print(f"wrote {written} ({result.frames} frames, {result.width}x{result.height}, {result.fps:g} fps, "
               f"seed {seed}{given}): {prompt!r}")  # fmt: skip

@@ -2,7 +2,8 @@
 
 Both run with the same seed, prompt and size; every stage must agree within a tolerance: the text the transformer
 gets, the σ schedule and timesteps, the initial noise, the first prediction of each role (unconditional,
-conditional, each perturbation), the latents after step 1, the final latents and the decoded frames. A FAIL
+conditional, each perturbation), the latents after step 1, the final latents and the decoded frames (and sound,
+as the sound VAE's decode gets it and as the waveform, when the spec decodes a stream: stream_decode). A FAIL
 names the first stage that departs. The pipeline's own packing and normalisation helpers, where it has them, are
 checked against the spec's geometry and normaliser too. Nothing here knows a model: the reference class, its
 components and its call arguments are matched by name (verify_reference), the stages by the spec's call mapping
@@ -39,6 +40,7 @@ from ltxc.document import Loaded
 from ltxc.errors import UserError
 from ltxc.plan import VIDEO, Plan
 from ltxc.sampler import Generation, Sampler, size_or_default
+from ltxc.stream_decode import decoded_stream
 
 __all__ = ["DEFAULT_PROMPT", "Check", "Report", "build_reference", "helper_checks", "reference_call", "verify"]
 
@@ -116,7 +118,10 @@ def verify(
         ours = _sample(sampler, run, traced, task, inputs.ours)
     ours_s, started = time.perf_counter() - started, time.perf_counter()
     with _components_must_fit(f"the reference {pipeline_class.__name__}"):
-        reference = run_reference(pipeline, kwargs, seed, components[plan.transformer_role], recorded_keywords(plan))
+        sound = decoded_stream(plan)
+        sound_vae = None if sound is None or sound.decode is None else components[sound.decode.vae]
+        reference = run_reference(pipeline, kwargs, seed, components[plan.transformer_role], recorded_keywords(plan),
+                                  sound_vae)  # fmt: skip
     notes.append(f"time: ltxc {ours_s:.2f} s, reference {time.perf_counter() - started:.2f} s")
     rows, stage_notes = stage_rows(plan, traced, reference, tolerance)
     appended = chosen is not None and appended_condition(chosen) is not None
@@ -202,9 +207,36 @@ def _final_rows(
     others = sorted(
         name.removeprefix("final.") for name in traced if name.startswith("final.") and name != f"final.{VIDEO}"
     )
-    rows += [skipped(f"latents.{name}", f"the reference hands out no final {name} latents") for name in others]
+    decoded = decoded_stream(plan)
+    rows += [
+        skipped(f"latents.{name}", f"the reference hands out no final {name} latents"
+                + (f" (see {name}.latents)" if decoded is not None and decoded.name == name else ""))
+        for name in others
+    ]  # fmt: skip
     rows.append(compare("frames", ours.video, reference.frames, tolerance, "decoded frames in [0, 1]", True))
-    return rows
+    return rows + _sound_rows(plan, traced, ours, reference, tolerance)
+
+
+def _sound_rows(
+    plan: Plan, traced: dict[str, torch.Tensor], ours: Generation, reference: ReferenceRun, tolerance: float
+) -> list[Check]:
+    """The decoded stream, when the spec decodes one: its latents as the VAE's decode got them (denormalised,
+    unpacked, cast) and the waveform the reference hands out."""
+    stream = decoded_stream(plan)
+    if stream is None:
+        return []
+    label = f"{stream.name}.latents"
+    mine, theirs = traced.get(f"decode.{stream.name}"), reference.sound_latents
+    rows = [
+        compare(label, mine, theirs, tolerance, "as the VAE's decode got them", True)
+        if theirs is not None
+        else skipped(label, "the reference's VAE decoded nothing")
+    ]
+    label = f"{stream.name}.waveform"
+    if reference.audio is None:
+        return [*rows, skipped(label, "the reference hands out no sound")]
+    rate = f"{ours.sample_rate} Hz" if ours.sample_rate else "no rate"
+    return [*rows, compare(label, ours.audio, reference.audio, tolerance, f"decoded waveform, {rate}", True)]
 
 
 @contextmanager

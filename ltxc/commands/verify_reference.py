@@ -170,6 +170,8 @@ class ReferenceRun:
     next_inputs: dict[str, torch.Tensor] | None = None  # the second step's first call
     sigmas: torch.Tensor | None = None
     timesteps: torch.Tensor | None = None
+    audio: torch.Tensor | None = None  # the output's decoded sound (float32), when it hands one out
+    sound_latents: torch.Tensor | None = None  # what the decoded stream's VAE `decode` got (`sound_role`'s)
 
 
 @define(eq=False)
@@ -198,16 +200,43 @@ def _outputs(output: Any) -> tuple[torch.Tensor, ...]:
 
 
 def run_reference(
+    pipeline: Any,
+    kwargs: dict[str, Any],
+    seed: int,
+    transformer: torch.nn.Module,
+    keywords: frozenset[str],
+    sound_vae: Any = None,
+) -> ReferenceRun:
+    """Run the reference once (twice without step callbacks); record the first step's transformer calls, and
+    what `sound_vae` (the decoded stream's VAE, when the spec decodes one) got to decode."""
+    if sound_vae is None:
+        return _run_reference(pipeline, kwargs, seed, transformer, keywords)
+    got: list[torch.Tensor] = []
+    original = sound_vae.decode
+
+    def decode(z: torch.Tensor, *args: Any, **more: Any) -> Any:
+        got.append(z.detach().to("cpu", copy=True))
+        return original(z, *args, **more)
+
+    sound_vae.decode = decode  # an instance attribute over the method, for this run only
+    try:
+        run = _run_reference(pipeline, kwargs, seed, transformer, keywords)
+    finally:
+        del sound_vae.decode
+    run.sound_latents = got[-1] if got else None
+    return run
+
+
+def _run_reference(
     pipeline: Any, kwargs: dict[str, Any], seed: int, transformer: torch.nn.Module, keywords: frozenset[str]
 ) -> ReferenceRun:
-    """Run the reference once (twice without step callbacks); record the first step's transformer calls."""
     accepted = parameters(type(pipeline).__call__)
     kwargs = {**kwargs, "generator": torch.Generator().manual_seed(seed)}
     if "callback_on_step_end" not in accepted:  # a second run for the latents: the same seed, the same trajectory
         output = pipeline(**kwargs, output_type="np")
         kwargs["generator"] = torch.Generator().manual_seed(seed)
         latents = pipeline(**kwargs, output_type="latent").frames
-        return ReferenceRun(_frames(output), latents.float().cpu())
+        return ReferenceRun(_frames(output), latents.float().cpu(), audio=_audio(output))
     run = ReferenceRun(torch.empty(0), torch.empty(0))
     recorder = _Recorder(keywords, run)
     captured: dict[str, torch.Tensor] = {}
@@ -229,7 +258,16 @@ def run_reference(
     scheduler = getattr(pipeline, "scheduler", None)
     run.sigmas, run.timesteps = (_tensor(getattr(scheduler, name, None)) for name in ("sigmas", "timesteps"))
     run.frames, run.latents = _frames(output), captured["latents"].float().cpu()
+    run.audio = _audio(output)
     return run
+
+
+def _audio(output: Any) -> torch.Tensor | None:
+    """The output's sound (e.g. LTX2PipelineOutput.audio), float32 on the CPU; None when it has none."""
+    audio = getattr(output, "audio", None)
+    if audio is None:
+        return None
+    return audio.detach().float().cpu() if torch.is_tensor(audio) else torch.from_numpy(np.asarray(audio)).float()
 
 
 def _frames(output: Any) -> torch.Tensor:

@@ -104,10 +104,18 @@ def _streams(
         outputs[stream.output] = (*where, "output")
         shapes = expressions({"noise": stream.noise, "dummy": stream.dummy}, where, shape_names, ops, locator, problems)
         pack = expressions({"pack": stream.pack}, where, frozenset({"x"}), ops, locator, problems)
+        unpack = (
+            {}
+            if stream.decode is None
+            else expressions(
+                {"unpack": stream.decode.unpack}, (*where, "decode"), frozenset({"x"}), ops, locator, problems
+            )
+        )
         if len(shapes) == 2 and pack:
             compiled[name] = CompiledStream(
                 name, shapes["noise"], shapes["dummy"], pack["pack"], stream.output, stream.sample, stream.guidance,
-                sigma=stream.sigma, modules=tuple(stream.modules), source=stream.source,
+                sigma=stream.sigma, modules=tuple(stream.modules), source=stream.source, decode=stream.decode,
+                unpack=unpack.get("unpack"),
             )  # fmt: skip
         if stream.sigma == "independent" and f"{name}.sigma" not in _call_reads(spec, names, ops):
             message = (f'"independent" needs [transformer.call] to read {name}.sigma (its σ), e.g. '

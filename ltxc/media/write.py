@@ -14,6 +14,10 @@ uint8 / 255 writes the same bytes as the uint8 frame.
   second; the muxer spreads the rounding (24 fps gives 4, 4, 5, ... hundredths), so the clip keeps its length.
   Players slow down frames under 20 ms, so keep GIFs at 50 fps or less.
 - .png: one frame is that frame, lossless; several are a contact sheet (`contact_sheet`).
+- sound: with `audio` (a waveform [channels, samples] float in [-1, 1], mono or stereo) and its `sample_rate`,
+  an .mp4 gets an AAC track (FFmpeg's encoder, 192 kb/s) trimmed or zero-padded to the video's duration
+  (frames / fps), resampled to 48 kHz first when AAC does not take the rate; `write_wav` writes the waveform
+  alone as 16-bit PCM .wav. The other formats carry no sound.
 - .safetensors: the frames as float32 [F, H, W, 3] in [0, 1] under "frames", and "fps" (a ratio such as
   24000/1001) and any `metadata` given (e.g. generate's settings) in the metadata; exact, for comparing outputs.
 """
@@ -21,6 +25,7 @@ uint8 / 255 writes the same bytes as the uint8 frame.
 from __future__ import annotations
 
 import math
+import wave
 from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +33,10 @@ from typing import TYPE_CHECKING
 
 import av
 import numpy as np
+from av.audio.frame import AudioFrame
+from av.audio.resampler import AudioResampler
+from av.audio.stream import AudioStream
+from av.container import OutputContainer
 from av.video.frame import VideoFrame
 from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
 from safetensors import safe_open
@@ -44,6 +53,11 @@ SUFFIXES = (".mp4", ".gif", ".png", ".safetensors")
 SEPARATOR = 2  # pixels between contact-sheet cells
 SEPARATOR_LEVEL = 40  # dark gray: visible against both black and white frames
 _BT709 = 1  # AVCOL_SPC_BT709: the colour matrix tag in the H.264 stream
+_LAYOUTS = {1: "mono", 2: "stereo"}
+# the rates FFmpeg's AAC encoder takes; another is resampled to 48 kHz
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+_AAC_FALLBACK_RATE = 48000
+_AAC_BIT_RATE = 192_000
 
 
 def write_frames(
@@ -52,10 +66,13 @@ def write_frames(
     *,
     fps: float | Fraction,
     metadata: Mapping[str, str] | None = None,
+    audio: np.ndarray | torch.Tensor | None = None,
+    sample_rate: int | None = None,
 ) -> Path:
     """Write `frames` to `path` in the format its suffix names (see the module docstring); returns the path.
 
-    `metadata` (strings) goes into a .safetensors file beside "fps"; the other formats carry none.
+    `metadata` (strings) goes into a .safetensors file beside "fps"; the other formats carry none. `audio`
+    [channels, samples] at `sample_rate` becomes an .mp4's AAC track (the other formats ignore it).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -75,7 +92,10 @@ def write_frames(
                 f"cannot write {path.name!r}: .mp4 (H.264 yuv420p) needs an even width and height, got "
                 f"{width}x{height}; crop the frames, or write .png, .gif or .safetensors"
             )
-        return atomic_write(path, lambda tmp: _write_mp4(pixels, tmp, rate))
+        sound = None if audio is None else _sound_for(audio, sample_rate, len(pixels) / rate)
+        if sound is None:
+            return atomic_write(path, lambda tmp: _write_mp4(pixels, tmp, rate))
+        return atomic_write(path, lambda tmp: _write_mp4(pixels, tmp, rate, sound))
     if suffix == ".gif":
         return atomic_write(path, lambda tmp: _write_gif(pixels, tmp, rate))
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(_png_bytes(contact_sheet(pixels))))
@@ -168,10 +188,80 @@ def to_unit_float(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _write_mp4(pixels: np.ndarray, path: str, rate: Fraction) -> None:
+def write_wav(audio: np.ndarray | torch.Tensor, path: str | Path, sample_rate: int) -> Path:
+    """Write a waveform [channels, samples] float in [-1, 1] (clipped) as 16-bit PCM .wav, atomically."""
+    samples = _waveform(audio)
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").T.tobytes()  # interleaved
+
+    def write(tmp: str) -> None:
+        with wave.open(tmp, "wb") as out:
+            out.setnchannels(samples.shape[0])
+            out.setsampwidth(2)
+            out.setframerate(int(sample_rate))
+            out.writeframes(pcm)
+
+    return atomic_write(Path(path), write)
+
+
+def _waveform(audio: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A waveform as float32 [channels, samples], mono or stereo."""
+    array = audio.detach().float().cpu().numpy() if hasattr(audio, "detach") else np.asarray(audio, np.float32)
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or array.shape[0] not in _LAYOUTS:
+        raise ValueError(f"audio must be [channels, samples] with 1 or 2 channels, got shape {list(array.shape)}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _sound_for(audio: np.ndarray | torch.Tensor, sample_rate: int | None, duration: Fraction) -> tuple[np.ndarray, int]:
+    """The waveform at a rate AAC takes, trimmed or zero-padded to `duration` seconds: (fltp [C, S], rate)."""
+    if not sample_rate or sample_rate <= 0:
+        raise ValueError(f"audio needs a positive sample_rate, got {sample_rate}")
+    samples, rate = _waveform(audio), int(sample_rate)
+    if rate not in _AAC_RATES:
+        samples, rate = _resample(samples, rate, _AAC_FALLBACK_RATE), _AAC_FALLBACK_RATE
+    wanted = round(duration * rate)
+    if samples.shape[1] >= wanted:
+        return np.ascontiguousarray(samples[:, :wanted]), rate
+    return np.pad(samples, ((0, 0), (0, wanted - samples.shape[1]))), rate
+
+
+def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """[C, S] float32 at `rate` -> at `target`, by FFmpeg's resampler."""
+    layout = _LAYOUTS[samples.shape[0]]
+    resampler = AudioResampler(format="fltp", layout=layout, rate=target)
+    frame = AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
+    frame.sample_rate = rate
+    chunks = [f.to_ndarray() for f in (*resampler.resample(frame), *resampler.resample(None))]
+    return np.concatenate(chunks, axis=1) if chunks else np.zeros((samples.shape[0], 0), np.float32)
+
+
+def _sound_stream(container: OutputContainer, sound: tuple[np.ndarray, int]) -> AudioStream:
+    """The container's AAC track (added before anything is muxed: the header is written with the first packet)."""
+    samples, rate = sound
+    stream = container.add_stream("aac", rate=rate)
+    stream.layout, stream.bit_rate = _LAYOUTS[samples.shape[0]], _AAC_BIT_RATE
+    return stream
+
+
+def _encode_sound(container: OutputContainer, stream: AudioStream, sound: tuple[np.ndarray, int]) -> None:
+    """Encode the waveform into its AAC track, in the encoder's frame size."""
+    samples, rate = sound
+    layout = _LAYOUTS[samples.shape[0]]
+    size = stream.codec_context.frame_size or 1024
+    for start in range(0, samples.shape[1], size):
+        frame = AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + size]), format="fltp",
+                                        layout=layout)  # fmt: skip
+        frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def _write_mp4(pixels: np.ndarray, path: str, rate: Fraction, sound: tuple[np.ndarray, int] | None = None) -> None:
     height, width = pixels.shape[1:3]
     with av.open(path, "w", format="mp4", options=MP4_OPTIONS) as container:
         stream = add_video_stream(container, "libx264", rate=rate, size=(width, height), pix_fmt="yuv420p")
+        track = None if sound is None else _sound_stream(container, sound)
         # Convert with the BT.709 matrix ourselves and say so in the stream: untagged files are read as BT.601
         # by some players and BT.709 by others, which shifts the colours.
         context = stream.codec_context
@@ -184,6 +274,8 @@ def _write_mp4(pixels: np.ndarray, path: str, rate: Fraction) -> None:
             frame.pts, frame.time_base = index, context.time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+        if track is not None and sound is not None:
+            _encode_sound(container, track, sound)
 
 
 def _write_gif(pixels: np.ndarray, path: str, rate: Fraction) -> None:

@@ -19,7 +19,7 @@ from ltxc.plan import Plan
 from ltxc.runner.config import RunConfig
 from ltxc.runner.memory_meta import meta_module, meta_transformer
 from ltxc.runner.parallelize import blocks_of
-from ltxc.runner.quantise import NF4_BLOCK, NF4_SCALER_BLOCK, nf4_fits
+from ltxc.runner.quantise import NF4_BLOCK, NF4_SCALER_BLOCK, check_base, nf4_fits
 
 GIB = 2**30
 ADAM8_MIN, ADAM8_BLOCK, ADAM8_QMAP = 4096, 256, 256  # torchao AdamW8bit: 8-bit state at >= 4096 elements
@@ -110,6 +110,7 @@ def plan_memory(
 
     world = world or int(os.environ.get("WORLD_SIZE", "1"))
     check_levers(config, world)
+    check_base(config.train.base, config.train.mode, world, config.parallel.cpu_offload)
     shard = max(1, world // max(1, config.parallel.replicate))
     model, origin = meta_transformer(plan, config)
     blocks = blocks_of(model, plan.blocks)
@@ -165,22 +166,25 @@ def local_numel(param: torch.Tensor, shard: int) -> int:
 
 
 def quantisable_weights(model: torch.nn.Module, base: str, shard: int = 1) -> set[int]:
-    """The weights `quantise_base` stores as NF4: frozen `nn.Linear` weights (peft's base layers included)
-    whose shards hold whole blocks (`quantise.nf4_fits`)."""
+    """The weights `quantise_base` stores quantised: frozen `nn.Linear` weights (peft's base layers included);
+    for NF4 those whose shards hold whole blocks (`quantise.nf4_fits`), for int8 every one."""
     if base == "as_loaded":
         return set()
     found = set()
     for module in model.modules():
         if type(module) is not torch.nn.Linear or module.weight.requires_grad:
             continue
-        if module.weight.is_floating_point() and nf4_fits(module.weight, shard):
+        if module.weight.is_floating_point() and (base == "int8" or nf4_fits(module.weight, shard)):
             found.add(id(module.weight))
     return found
 
 
 def quantised_bytes(numel: int, param: torch.Tensor, base: str) -> int:
-    """torchao's NF4Tensor (the inner tensors `quantise.tensor_bytes` counts): 4-bit codes, an int8 scale per
-    64 values, a scale per 256 scales, the scales' mean and the 16-entry code table, in the weight's dtype."""
+    """The inner tensors `quantise.tensor_bytes` counts. torchao's NF4Tensor: 4-bit codes, an int8 scale per
+    64 values, a scale per 256 scales, the scales' mean and the 16-entry code table, in the weight's dtype.
+    int8 weight-only: int8 codes, a float32 scale and an int8 zero point per output row (one process: unsharded)."""
+    if base == "int8":
+        return numel + 5 * param.shape[0]
     size = param.element_size()
     return numel // 2 + numel // NF4_BLOCK + size * (numel // (NF4_BLOCK * NF4_SCALER_BLOCK)) + 17 * size
 
@@ -203,13 +207,15 @@ def compute_size(config: RunConfig) -> int:
 def gathered_bytes(config: RunConfig, shard: int, blocks: list[torch.nn.Module]) -> tuple[int, str]:
     """Whole blocks on the device beyond the shards. Block swapping: one swapped block's frozen weights at a
     time. FSDP2: the largest unit gathered at the compute dtype, twice (computing + prefetched). One process is
-    not wrapped (as `parallelize`) in float32, with an NF4 base, with block swapping or the fused step."""
+    not wrapped (as `parallelize`) in float32, with a quantised base, with block swapping or the fused step."""
     if not blocks:
         return 0, "no blocks"
     if config.train.block_swap:
         largest = max(_block_bytes(b, config, frozen_only=True) for b in blocks)
         return largest, f"{config.train.block_swap} blocks swapped in one at a time: {largest / GIB:.2f} GiB each"
-    unwrapped = config.parallel.precision == "fp32" or config.train.base == "nf4" or config.train.fused_optimizer_step
+    unwrapped = (
+        config.parallel.precision == "fp32" or config.train.base != "as_loaded" or config.train.fused_optimizer_step
+    )
     if shard == 1 and unwrapped and not config.parallel.cpu_offload:
         return 0, "one process, not wrapped by FSDP2: nothing gathered"
     largest = max(_block_bytes(b, config) for b in blocks)

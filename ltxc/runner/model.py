@@ -15,7 +15,7 @@ from ltxc.runner.config import RunConfig
 from ltxc.runner.distributed import Distributed, device_mesh
 from ltxc.runner.lora import add_lora, run_lora_config
 from ltxc.runner.parallelize import kept_in_float32, parallelize
-from ltxc.runner.quantise import check_base, count_nf4, quantise_base, tensor_bytes
+from ltxc.runner.quantise import check_base, count_quantised, quantise_base, tensor_bytes
 from ltxc.runner.seeds import LORA_INIT, derived_seed
 from ltxc.runner.streams import parameter_trains
 
@@ -31,7 +31,7 @@ def build_model(
     In named steps (the memory plan follows the same ones): freeze (`_make_trainable`), master weights
     (`master_weights`: only what trains is float32), quantise the frozen base (`quantise_base`), shard.
     """
-    check_base(config.train.base, config.train.mode)
+    check_base(config.train.base, config.train.mode, info.world_size, config.parallel.cpu_offload)
     check_optimizer(config)
     model = plan.components()[plan.transformer_role]
     lora = _make_trainable(model, plan, config)
@@ -60,11 +60,11 @@ def build_model(
 
 
 def _sharding_dtype(param_dtype: torch.dtype | None, model: torch.nn.Module, info: Distributed) -> torch.dtype | None:
-    """The mixed-precision dtype FSDP2 casts to; None on one process with an NF4 base, which is then not wrapped
-    at all: torch 2.13's FSDP2 copies only the first of a tensor subclass's all-gather inputs on a group of one
-    (NF4 has three). Unwrapped, the base computes in its own dtype (the adapter casts the inputs to it) and peft
-    casts each LoRA's input to the LoRA's float32."""
-    return None if info.world_size == 1 and count_nf4(model) else param_dtype
+    """The mixed-precision dtype FSDP2 casts to; None on one process with a quantised base, which is then not
+    wrapped at all: torch 2.13's FSDP2 copies only the first of a tensor subclass's all-gather inputs on a group of
+    one (NF4 has three), and int8 weight-only tensors have no FSDP2 hooks. Unwrapped, the base computes in its own
+    dtype (the adapter casts the inputs to it) and peft casts each LoRA's input to the LoRA's float32."""
+    return None if info.world_size == 1 and count_quantised(model) else param_dtype
 
 
 def check_optimizer(config: RunConfig) -> None:

@@ -5,8 +5,10 @@ keeps its class, so peft's LoRA wraps it as any other (`F.linear` on an `NF4Tens
 `linear_nf4`, which dequantises to the input's dtype, forward and backward). `NF4Tensor` carries FSDP2's
 all-gather hooks, so a quantised weight is sharded and gathered in its 4-bit form.
 
-int8 weight-only is not offered: torchao's int8 weight-only tensors carry no FSDP2 all-gather hooks (only its
-training-time int8 tensors do, and those train the weight), so they cannot be sharded as the runner shards.
+int8 weight-only (torchao's `Int8WeightOnlyConfig`: an int8 weight with a float32 scale and int8 zero point per
+output row; `F.linear` dequantises it, forward and backward) is where it composes: on one process, which is then
+not wrapped by FSDP2 at all. Its tensors carry no FSDP2 all-gather hooks (only torchao's training-time int8
+tensors do, and those train the weight), so several processes (or FSDP2's CPU offload) are refused: use nf4 there.
 """
 
 from __future__ import annotations
@@ -41,16 +43,17 @@ class QuantReport:
                 f"{self.bytes_after / 2**20:.2f} MiB")  # fmt: skip
 
 
-def check_base(base: str, mode: str) -> None:
+def check_base(base: str, mode: str, world: int = 1, cpu_offload: bool = False) -> None:
     """Refuse a `train.base` that cannot be honoured, naming the key and what to use instead."""
     if base == "as_loaded":
         return
     if mode != "lora":
         raise UserError(f'train.base = "{base}" quantises a frozen base and needs train.mode = "lora" (a full '
                         'fine-tune trains every weight); use train.base = "as_loaded"')  # fmt: skip
-    if base == "int8":
-        raise UserError('train.base = "int8" is not available yet: torchao\'s int8 weight-only weights cannot be '
-                        'sharded by FSDP2 (no all-gather hooks); use train.base = "nf4"')  # fmt: skip
+    if base == "int8" and (world > 1 or cpu_offload):
+        where = f"{world} processes" if world > 1 else "parallel.cpu_offload"
+        raise UserError(f'train.base = "int8" trains on one process only ({where} here): torchao\'s int8 weight-only '
+                        'weights cannot be sharded by FSDP2 (no all-gather hooks); use train.base = "nf4"')  # fmt: skip
 
 
 def nf4_fits(weight: torch.Tensor, shards: int) -> bool:
@@ -65,8 +68,10 @@ def quantise_base(model: torch.nn.Module, kind: str, *, shards: int = 1) -> Quan
     of FSDP2 shards each weight is split into (every shard must hold whole blocks)."""
     if kind == "as_loaded":
         return None
+    if kind == "int8":
+        return _quantise_int8(model)
     if kind != "nf4":
-        raise UserError(f'train.base = "{kind}" is not available yet; use "nf4" or "as_loaded"')
+        raise UserError(f'train.base = "{kind}" is not available; use "nf4", "int8" or "as_loaded"')
     to_nf4 = _nf4()
     quantised = skipped = before = after = 0
     for layer in _frozen_linears(model):
@@ -83,11 +88,35 @@ def quantise_base(model: torch.nn.Module, kind: str, *, shards: int = 1) -> Quan
     return QuantReport(kind, quantised, skipped, before, after)
 
 
+def _quantise_int8(model: torch.nn.Module) -> QuantReport:
+    """Every frozen linear weight to torchao's int8 weight-only form (any 2-D size fits: one scale per row)."""
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    layers = set(_frozen_linears(model))
+    before = sum(tensor_bytes(layer.weight) for layer in layers)
+    quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda module, _name: module in layers)
+    for layer in layers:
+        layer.weight.requires_grad_(False)
+    after = sum(tensor_bytes(layer.weight) for layer in layers)
+    return QuantReport("int8", sum(is_quantised(layer.weight) for layer in layers), 0, before, after)
+
+
 def _frozen_linears(model: torch.nn.Module) -> Iterator[torch.nn.Linear]:
     """Every `nn.Linear` (peft's LoRA `base_layer`s included) whose weight does not train."""
     for module in model.modules():
         if type(module) is torch.nn.Linear and not module.weight.requires_grad and module.weight.is_floating_point():
             yield module
+
+
+def is_quantised(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` (or a DTensor's local shard) is a quantised base weight: NF4 or int8 weight-only."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return type(local).__name__ in ("NF4Tensor", "Int8Tensor")
+
+
+def count_quantised(model: torch.nn.Module) -> int:
+    """How many of `model`'s parameters are quantised base weights (NF4 or int8)."""
+    return sum(is_quantised(p) for p in model.parameters())
 
 
 def is_nf4(tensor: torch.Tensor) -> bool:

@@ -53,7 +53,7 @@ class Validator:
         self.fps = fps
         self.compute_dtype = compute_dtype  # the training model's; set again once it is built
         components = plan.components()  # a set of its own: training never builds these otherwise
-        self.sampler = Sampler(plan, components, device=info.device, compute_dtype=compute_dtype)
+        self.sampler = Sampler(plan, components, device=info.device, compute_dtype=compute_dtype, sound=False)
         self.components = components
         self._encode_prompts()
         self.images = self._read_images()

@@ -204,6 +204,20 @@ class FlowSpec:
 
 
 @frozen
+class StreamDecodeSpec:
+    """`[streams.<name>.decode]`: the stream's final latents -> a waveform, as the reference pipeline decodes them:
+    denormalised on the packed tokens (x * std + mean, in the latents' dtype), unpacked, cast to the VAE's dtype,
+    the VAE's `decode`, then the vocoder."""
+
+    vae: str  # the role whose `decode` takes the unpacked latents
+    vocoder: str  # the role that turns the VAE's output into the waveform [B, channels, samples]
+    unpack: str  # expression of `x` (the packed tokens): the VAE's layout, the inverse of the stream's `pack`
+    mean: StatRef  # per packed feature
+    std: StatRef
+    sample_rate: NumberRef  # the waveform's rate, e.g. "vocoder.config.output_sampling_rate"
+
+
+@frozen
 class StreamSpec:
     """`[streams.<name>]`: another latent stream the transformer takes besides the video (e.g. audio)."""
 
@@ -216,6 +230,7 @@ class StreamSpec:
     source: AudioSourceSpec | None = None  # how a clip's sound becomes this stream's cached latents
     sigma: Literal["shared", "independent"] = "shared"  # joint training: the video's σ, or its own draw and shift
     modules: tuple[str, ...] = ()  # parameter-name parts of its branch and the cross-modal modules
+    decode: StreamDecodeSpec | None = None  # generation: how its final latents become a waveform
 
 
 @frozen
