@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -521,16 +522,19 @@ def killed_run(tmp_path_factory: pytest.TempPathFactory, plan_path: Path) -> tup
     write_corrupt(data / "broken.mp4")  # a rejection too, so rejected.jsonl is compared as well
     caption(data / "broken.mp4", "broken")
 
-    for attempt in range(3):  # the kill must land mid-run; if the run won (a stalled poller), try again
-        killed = root / f"killed-{attempt}"
-        try:
-            kill_mid_run(plan_path, data, killed, root / f"log-{attempt}.txt")
-            break
-        except AssertionError:
-            if attempt == 2:
-                raise
     reference = root / "reference"
-    code, out, err = ltxc(*preprocess_args(plan_path, data, reference, *RESUME_ARGS))
+    # the uninterrupted run, in this process (another thread) while the subprocess starts: a core each
+    with ThreadPoolExecutor(1) as pool:
+        uninterrupted = pool.submit(ltxc, *preprocess_args(plan_path, data, reference, *RESUME_ARGS))
+        for attempt in range(3):  # the kill must land mid-run; if the run won (a stalled poller), try again
+            killed = root / f"killed-{attempt}"
+            try:
+                kill_mid_run(plan_path, data, killed, root / f"log-{attempt}.txt")
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
+        code, out, err = uninterrupted.result()
     assert code == 0, out + err
     assert len(jsonl(reference / "manifest.jsonl")) == RESUME_CLIPS + 1
     return data, killed, reference
