@@ -127,6 +127,20 @@ def expected_nf4(model: torch.nn.Module) -> tuple[int, int]:
     return fits, len(weights) - fits
 
 
+def tiny_ltx_inputs() -> dict[str, Any]:
+    """Seeded bf16 inputs for the tiny LTX-Video transformer: 6 tokens (1 x 2 x 3 latent grid), 5 text tokens."""
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "hidden_states": torch.randn(1, 6, 128, generator=gen).bfloat16(),
+        "encoder_hidden_states": torch.randn(1, 5, 32, generator=gen).bfloat16(),
+        "encoder_attention_mask": torch.ones(1, 5),
+        "timestep": torch.tensor([500.0]),
+        "num_frames": 1,
+        "height": 2,
+        "width": 3,
+    }
+
+
 def test_nf4_quantises_the_frozen_linear_weights_that_fit(
     bf16_plan: Plan, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,16 +156,7 @@ def test_nf4_quantises_the_frozen_linear_weights_that_fit(
     assert parameter_bytes(model) < 0.45 * parameter_bytes(reference)
 
     # The forward is the bf16 base's within NF4's error; gradients reach only the LoRA.
-    gen = torch.Generator().manual_seed(0)
-    inputs = {
-        "hidden_states": torch.randn(1, 6, 128, generator=gen, dtype=torch.float32).bfloat16(),
-        "encoder_hidden_states": torch.randn(1, 5, 32, generator=gen).bfloat16(),
-        "encoder_attention_mask": torch.ones(1, 5),
-        "timestep": torch.tensor([500.0]),
-        "num_frames": 1,
-        "height": 2,
-        "width": 3,
-    }
+    inputs = tiny_ltx_inputs()
     want = reference(**inputs).sample.float()
     got = model(**inputs).sample.float()
     error = ((got - want).norm() / want.norm()).item()
@@ -241,16 +246,7 @@ def test_int8_stores_every_frozen_linear_on_one_process(bf16_plan: Plan, tmp_pat
         is_quantised(p) for p in model.parameters() if p.requires_grad
     )
     assert parameter_bytes(model) < 0.6 * parameter_bytes(reference)
-    gen = torch.Generator().manual_seed(0)
-    inputs = {
-        "hidden_states": torch.randn(1, 6, 128, generator=gen).bfloat16(),
-        "encoder_hidden_states": torch.randn(1, 5, 32, generator=gen).bfloat16(),
-        "encoder_attention_mask": torch.ones(1, 5),
-        "timestep": torch.tensor([500.0]),
-        "num_frames": 1,
-        "height": 2,
-        "width": 3,
-    }
+    inputs = tiny_ltx_inputs()
     want, got = reference(**inputs).sample.float(), model(**inputs).sample.float()
     error = ((got - want).norm() / want.norm()).item()
     print(f"int8 base: {len(quantised)} weights, relative error of the forward {error:.2e}")
