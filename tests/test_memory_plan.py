@@ -264,3 +264,27 @@ def test_validation_costs_the_device_nothing_when_it_decodes_in_the_background(t
         lines[name] = plan_memory(plan, cfg, world=1, bucket=(9, 64, 96)).validation
     assert lines["background"] == 0
     assert lines["device"] == lines["images"] and round(lines["device"] / 2**30, 2) == 1.35
+
+
+def test_a_run_that_trains_audio_plans_the_audio_tokens_at_the_audio_branchs_width(tmp_path: Path) -> None:
+    """`train.audio`: the activation estimate adds round(frames / fps * 25) audio tokens per sample (the spec's audio
+    noise shape at its sampler fps) at the audio branch's width (LTX-2.3's published config: 32 heads x 64 = 2048);
+    a video-only run feeds a one-token dummy and adds nothing."""
+    plan = compile_spec(load_spec(SPECS / "ltx-2.3.toml"))
+    bucket = (121, 512, 768)
+    plans = {
+        audio: plan_memory(
+            plan,
+            config(tmp_path / "run", tmp_path / "no-cache", train={"audio": audio}, data={"batch_size": 2}),
+            world=1,
+            bucket=bucket,
+        )
+        for audio in (False, True)
+    }
+    audio_tokens = round(121 / plan.sampler.fps * 25) * 2
+    assert audio_tokens == 252
+    assert f"audio {audio_tokens} tokens x width 2048" in plans[True].activation_note
+    assert "audio" not in plans[False].activation_note
+    video_unit = 2 * plan.geometry.tokens(*bucket) * 4096
+    ratio = plans[True].activations / plans[False].activations
+    assert ratio == pytest.approx((video_unit + audio_tokens * 2048) / video_unit)

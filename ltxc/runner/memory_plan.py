@@ -279,10 +279,12 @@ def activation_bytes(
 ) -> tuple[int, str]:
     """An estimate (to be calibrated on a GPU): per block, ACTIVATION_FACTOR tensors of tokens x width at the
     compute dtype are saved (Korthikanti et al.'s 34 bytes per token and width at 2 bytes, with flash
-    attention); with checkpointing, each block keeps only its input and one block is recomputed at a time."""
+    attention); with checkpointing, each block keeps only its input and one block is recomputed at a time.
+    A run that trains other streams (`train.audio`) adds each stream's tokens at its branch's width."""
     tokens = plan.geometry.tokens(*bucket) * config.data.batch_size
     width = block_width(blocks[0]) if blocks else 0
-    unit = tokens * width * compute_size(config)
+    streams = stream_activations(plan, config, blocks, bucket)
+    unit = (tokens * width + sum(n * w for _, n, w in streams)) * compute_size(config)
     checkpointed = config.train.activation_checkpointing == "on" or (
         config.train.activation_checkpointing == "auto"
         and sum(p.numel() for p in model.parameters()) >= BIG_MODEL_PARAMS
@@ -290,12 +292,50 @@ def activation_bytes(
     full = len(blocks) * ACTIVATION_FACTOR * unit
     kept = len(blocks) * unit + ACTIVATION_FACTOR * unit
     frames, height, width_px = bucket
+    extra = "".join(f" + {name} {n} tokens x width {w}" for name, n, w in streams)
     note = (
-        f"{width_px}x{height}x{frames} x batch {config.data.batch_size} = {tokens} tokens x width {width}; "
+        f"{width_px}x{height}x{frames} x batch {config.data.batch_size} = {tokens} tokens x width {width}{extra}; "
         f"{full / GIB:.1f} GiB without checkpointing, {kept / GIB:.1f} GiB with; checkpointing "
         f"{'on' if checkpointed else 'off'}"
     )
     return (kept if checkpointed else full), note
+
+
+def stream_activations(
+    plan: Plan, config: RunConfig, blocks: list[torch.nn.Module], bucket: tuple[int, int, int]
+) -> list[tuple[str, int, int]]:
+    """(name, tokens for the batch, branch width) of each stream a `train.audio` run feeds with real latents.
+
+    The tokens are the stream's packed noise shape at the bucket's frames and the spec's sampler fps (the cached
+    clips' own rates may differ a little); the width is that of the block's linear layers inside the stream's
+    `modules` that are not cross-modal (the largest by weights). A video-only run feeds a one-token dummy: 0."""
+    if not config.train.audio or not blocks:
+        return []
+    frames, height, width = bucket
+    env = {
+        **plan.constants,
+        "pixel.frames": frames,
+        "pixel.height": height,
+        "pixel.width": width,
+        "fps": float(plan.sampler.fps),
+    }
+    out = []
+    for stream in plan.streams.values():
+        shape = [1, *(int(n) for n in stream.noise(env))]
+        packed = stream.pack({"x": torch.empty(shape, device="meta")})
+        tokens = int(packed.shape[1]) * config.data.batch_size
+        out.append((stream.name, tokens, branch_width(blocks[0], stream.modules)))
+    return out
+
+
+def branch_width(block: torch.nn.Module, parts: tuple[str, ...]) -> int:
+    """The width of a block's linear layers (the most weights) under modules named by the first of `parts`, the
+    stream's own branch (e.g. "audio": audio_attn1, audio_ff; the cross-modal parts come after it)."""
+    widths: Counter[int] = Counter()
+    for name, module in block.named_modules():
+        if isinstance(module, torch.nn.Linear) and parts and name.startswith(parts[0]):
+            widths[module.in_features] += module.weight.numel()
+    return widths.most_common(1)[0][0] if widths else 0
 
 
 def block_width(block: torch.nn.Module) -> int:
