@@ -258,3 +258,32 @@ def test_comfyui_renames_replace_whole_name_parts_and_round_trip(trained: Simple
     assert set(weights) == set(trained.state)
     assert all(torch.equal(weights[key], trained.state[key]) for key in weights)
     assert set(alphas) == {key.removesuffix(".lora_A.weight") for key in trained.state if key.endswith("lora_A.weight")}
+
+
+def test_ltx23_comfyui_names_are_what_diffusers_reads_as_the_original_ltx2_layout(tmp_path: Path) -> None:
+    """LTX-2.3's `comfyui_names` give every Linear of the transformer (both streams' attention, the cross-modal
+    modules, and the parts diffusers' conversion renames: proj_in, time_embed, prompt_adaln, av_cross_attn_*) the
+    original checkpoint's name: diffusers' own reader for that layout maps each key back onto the diffusers name."""
+    from diffusers import LTX2Pipeline
+
+    from ltxc.compiler import compile_spec
+    from ltxc.runner.export import rename_parts, to_comfyui
+    from ltxc.spec import load_spec
+
+    plan = compile_spec(load_spec(Path(__file__).parent.parent / "specs" / "tiny" / "ltx-2.3.toml"))
+    transformer = plan.components()["transformer"]
+    linears = [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
+    renamed = {n for n in linears if rename_parts(n, plan.lora.comfyui_names) != n}
+    assert any(n.startswith("audio_proj_in") for n in renamed) and any("time_embed" in n for n in renamed)
+    assert any(".audio_attn1.to_q" in n for n in linears) and any("video_to_audio_attn" in n for n in linears)
+    config = lora_config(tuple(sorted(set(linears))), RANK, ALPHA)
+    add_lora(transformer, config)
+    state = lora_state_dict(transformer)
+    comfy = to_comfyui(state, config, plan.lora.comfyui_names)
+    converted = LTX2Pipeline.lora_state_dict({k: v for k, v in comfy.items() if not k.endswith(".alpha")})
+    assert set(converted) == {f"transformer.{key}" for key in state}
+    # ComfyUI's LTX-2 model carries the original names only (diffusers' reader above also accepts its own, so check
+    # directly that no diffusers-only part name is left)
+    diffusers_only = set(plan.lora.comfyui_names)
+    assert not {part for key in comfy for part in key.split(".")} & diffusers_only
+    assert "diffusion_model.patchify_proj.lora_A.weight" in comfy
