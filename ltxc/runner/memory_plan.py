@@ -238,23 +238,28 @@ def _block_bytes(block: torch.nn.Module, config: RunConfig, frozen_only: bool = 
 
 
 def validation_bytes(plan: Plan, config: RunConfig) -> tuple[int, str]:
-    """The VAE on the training device for validation, when prompts are set: to decode in line
-    (`validation.decode = "device"`) or to encode validation images (their text is encoded once, before
-    training, so the text encoder never sits beside the transformer)."""
+    """The decoders on the training device for validation, when prompts are set: the VAE (and each sound stream's
+    VAE and vocoder) to decode in line (`validation.decode = "device"`), or the VAE alone to encode validation
+    images (their text is encoded once, before training, so the text encoder never sits beside the transformer)."""
     if not config.validation.prompts:
         return 0, "no validation prompts"
     if config.validation.decode == "background" and not config.validation.images:
         return 0, "decoded on the CPU in the background (validation.decode)"
-    role = "vae"
-    if role not in plan.recipes:
+    roles = [plan.latent.vae]
+    if config.validation.decode == "device":
+        sound = [s.decode for s in plan.streams.values() if s.decode is not None]
+        roles += [role for decode in sound for role in (decode.vae, decode.vocoder)]
+    roles = [role for role in dict.fromkeys(roles) if role in plan.recipes]
+    if not roles:
         return 0, "no VAE in the spec"
-    try:
-        vae, _ = meta_module(plan.recipes[role])
-    except UserError as exc:  # no published config for it: say so rather than guess
-        return 0, f"VAE not counted: {exc}"
-    return sum(
-        p.numel() * p.element_size() for p in vae.parameters()
-    ), "the VAE's weights (decode workspace not counted)"
+    total = 0
+    for role in roles:
+        try:
+            module, _ = meta_module(plan.recipes[role])
+        except UserError as exc:  # no published config for it: say so rather than guess
+            return 0, f"{role} not counted: {exc}"
+        total += sum(p.numel() * p.element_size() for p in module.parameters())
+    return total, f"the weights of {', '.join(roles)} (decode workspace not counted)"
 
 
 def largest_bucket(plan: Plan, config: RunConfig) -> tuple[int, int, int]:
