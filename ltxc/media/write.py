@@ -13,11 +13,12 @@ uint8 / 255 writes the same bytes as the uint8 frame.
   between frames), applied with paletteuse's default dithering. GIF stores frame delays in hundredths of a
   second; the muxer spreads the rounding (24 fps gives 4, 4, 5, ... hundredths), so the clip keeps its length.
   Players slow down frames under 20 ms, so keep GIFs at 50 fps or less.
-- .png: one frame is that frame, lossless; several are a contact sheet (`contact_sheet`).
+- .png: one frame is that frame, lossless; several are a contact sheet (`contact_sheet`), with `audio` a
+  spectrogram strip under the frames (`ltxc/audio/spectrogram.py`: time left to right over the whole clip).
 - sound: with `audio` (a waveform [channels, samples] float in [-1, 1], mono or stereo) and its `sample_rate`,
   an .mp4 gets an AAC track (FFmpeg's encoder, 192 kb/s) trimmed or zero-padded to the video's duration
   (frames / fps), resampled to 48 kHz first when AAC does not take the rate; `write_wav` writes the waveform
-  alone as 16-bit PCM .wav. The other formats carry no sound.
+  alone as 16-bit PCM .wav. A .png contact sheet shows it as a spectrogram; .gif and .safetensors ignore it.
 - .safetensors: the frames as float32 [F, H, W, 3] in [0, 1] under "frames", and "fps" (a ratio such as
   24000/1001) and any `metadata` given (e.g. generate's settings) in the metadata; exact, for comparing outputs.
 """
@@ -72,7 +73,8 @@ def write_frames(
     """Write `frames` to `path` in the format its suffix names (see the module docstring); returns the path.
 
     `metadata` (strings) goes into a .safetensors file beside "fps"; the other formats carry none. `audio`
-    [channels, samples] at `sample_rate` becomes an .mp4's AAC track (the other formats ignore it).
+    [channels, samples] at `sample_rate` becomes an .mp4's AAC track, and a spectrogram strip under a .png of
+    several frames (a .png of one frame stays that frame; .gif and .safetensors ignore it).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -98,11 +100,19 @@ def write_frames(
         return atomic_write(path, lambda tmp: _write_mp4(pixels, tmp, rate, sound))
     if suffix == ".gif":
         return atomic_write(path, lambda tmp: _write_gif(pixels, tmp, rate))
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(_png_bytes(contact_sheet(pixels))))
+    sheet = contact_sheet(pixels, audio=audio if len(pixels) > 1 else None, sample_rate=sample_rate)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(_png_bytes(sheet)))
 
 
-def contact_sheet(frames: np.ndarray | torch.Tensor, columns: int | None = None) -> np.ndarray:
-    """The frames tiled left to right, top to bottom, as one uint8 [H, W, 3] image with thin separators."""
+def contact_sheet(
+    frames: np.ndarray | torch.Tensor,
+    columns: int | None = None,
+    *,
+    audio: np.ndarray | torch.Tensor | None = None,
+    sample_rate: int | None = None,
+) -> np.ndarray:
+    """The frames tiled left to right, top to bottom, as one uint8 [H, W, 3] image with thin separators; with
+    `audio` [channels, samples] at `sample_rate`, its spectrogram as a strip under them, the sheet's width."""
     pixels = to_uint8(as_frames(frames))
     count, height, width = pixels.shape[:3]
     if columns is None:
@@ -120,7 +130,20 @@ def contact_sheet(frames: np.ndarray | torch.Tensor, columns: int | None = None)
     for index, frame in enumerate(pixels):
         top, left = (index // columns) * (height + SEPARATOR), (index % columns) * (width + SEPARATOR)
         sheet[top : top + height, left : left + width] = frame
-    return sheet
+    return sheet if audio is None else _with_spectrogram(sheet, audio, sample_rate)
+
+
+def _with_spectrogram(sheet: np.ndarray, audio: np.ndarray | torch.Tensor, sample_rate: int | None) -> np.ndarray:
+    """The sheet, a separator, and the sound's spectrogram stretched to the sheet's width (1/8 of it tall, 64 to 256
+    pixels: readable under a small sheet, not dominating a large one)."""
+    from ltxc.audio.spectrogram import spectrogram_image
+
+    if not sample_rate or sample_rate <= 0:
+        raise ValueError(f"audio needs a positive sample_rate, got {sample_rate}")
+    width = sheet.shape[1]
+    strip = spectrogram_image(_waveform(audio), int(sample_rate), size=(min(256, max(64, width // 8)), width))
+    separator = np.full((SEPARATOR, width, 3), SEPARATOR_LEVEL, np.uint8)
+    return np.concatenate([sheet, separator, strip])
 
 
 def read_frames_file(path: str | Path) -> tuple[np.ndarray, float]:

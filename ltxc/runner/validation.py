@@ -10,6 +10,12 @@ and every validation reuses the same text. With `validation.decode = "background
 the final latents on the CPU in a worker thread while training goes on (`validation_decode`): the VAE reaches
 the training device only to encode a validation image, never to decode. `"device"` decodes in line on it.
 
+Sound: with a spec that decodes a stream to sound (`[streams.<name>.decode]`), every validation video has it (an
+AAC track, `prompt-I.wav` beside it, a spectrogram strip under the contact sheet and
+`validation/prompt-I/spectrogram` in TensorBoard), whether or not the run trains audio (`train.audio`): the stream
+is sampled jointly either way, so a video-only run shows the untrained audio branch's joint sample, which tells
+whether the video LoRA disturbs it (docs/audio-training.md). Both decode modes decode it with the same function.
+
 With `validation.images`, each prompt's video is generated from its image through the spec's task that takes an
 image (image-to-video): the images are read once at set-up (a bad file fails before training starts), resized to
 cover the video's size and centre-cropped, as `ltxc run generate --image` reads an image.
@@ -28,7 +34,7 @@ from ltxc.runner.distributed import Distributed, barrier
 from ltxc.runner.metrics import MetricsLogger
 from ltxc.runner.parallelize import unsharded_autocast
 from ltxc.runner.run_dir import RunDir
-from ltxc.runner.validation_decode import BackgroundDecoder, Decoded, DecodeJob
+from ltxc.runner.validation_decode import BackgroundDecoder, Decoded, DecodeJob, write_prompt
 
 
 class Validator:
@@ -53,7 +59,8 @@ class Validator:
         self.fps = fps
         self.compute_dtype = compute_dtype  # the training model's; set again once it is built
         components = plan.components()  # a set of its own: training never builds these otherwise
-        self.sampler = Sampler(plan, components, device=info.device, compute_dtype=compute_dtype, sound=False)
+        # sound=True: the spec's sound stream is decoded too (nothing happens for a spec that declares none)
+        self.sampler = Sampler(plan, components, device=info.device, compute_dtype=compute_dtype, sound=True)
         self.components = components
         self._encode_prompts()
         self.images = self._read_images()
@@ -92,8 +99,6 @@ class Validator:
     def run(self, model: torch.nn.Module, step: int, logger: MetricsLogger) -> list[Path]:
         """Sample every prompt with the live weights; return the files written (rank 0) — in the background
         decode, the previous validation's, whose decode this one waits for."""
-        from ltxc.media.write import contact_sheet, write_frames
-
         s = self.validation
         self.sampler._transformer = model  # the live (possibly sharded) model, not the spec's weights
         self.sampler.compute_dtype = self.compute_dtype
@@ -109,12 +114,14 @@ class Validator:
                 continue
             if result.video is None:  # decoded in the background
                 assert result.undecoded is not None and result.decode_state is not None
-                jobs.append(DecodeJob(index, result.undecoded, result.decode_state, result.fps, folder))
+                jobs.append(DecodeJob(index, result.undecoded, result.decode_state, result.fps, folder,
+                                      result.undecoded_streams or {}))  # fmt: skip
                 continue
-            video = result.video[0]
-            written.append(write_frames(video, folder / f"prompt-{index}.mp4", fps=result.fps))
-            written.append(write_frames(video, folder / f"prompt-{index}.png", fps=result.fps))
-            logger.log_image(f"validation/prompt-{index}", contact_sheet(video), step)
+            sound = None if result.audio is None or not result.sample_rate else (result.audio[0], result.sample_rate)
+            files, images = write_prompt(result.video[0], sound, folder, index, result.fps)
+            written += files
+            for tag, image in images.items():
+                logger.log_image(tag, image, step)
         if self.decoder is not None and self.info.is_main:
             written += _logged(self.decoder.collect(), logger)
             self.decoder.submit(step, jobs)
@@ -127,11 +134,11 @@ class Validator:
 
 
 def _logged(decoded: Decoded | None, logger: MetricsLogger) -> list[Path]:
-    """Log a finished background decode's contact sheets at its own step; its files."""
+    """Log a finished background decode's images at its own step; its files."""
     if decoded is None:
         return []
-    for index, sheet in decoded.sheets.items():
-        logger.log_image(f"validation/prompt-{index}", sheet, decoded.step)
+    for tag, image in decoded.images.items():
+        logger.log_image(tag, image, decoded.step)
     return decoded.written
 
 
