@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ltxc.conditions import TokenConditions, no_conditions
+from ltxc.errors import UserError
 from ltxc.plan import Plan
 from ltxc.spec.expr import Expr
 
@@ -21,7 +22,8 @@ Text = Mapping[str, torch.Tensor]
 
 # The names `Adapter.environment` gives every call expression. Besides these it gives the geometry numbers,
 # `text.<name>` for each text tensor and `<stream>.latents` / `.joint` / `.sigma` for each stream; the compiler
-# checks expressions against exactly this vocabulary (`ltxc.compiler.call_names`).
+# checks expressions against exactly this vocabulary (`ltxc.compiler.call_names`). Each `[inputs.<name>]` entry adds
+# `input.<name>`: float32 [B] filled with its training or sampling value.
 CALL_NAMES = frozenset(
     {
         "latents",
@@ -49,9 +51,16 @@ CALL_NAMES = frozenset(
 class Adapter:
     """Builds transformer inputs from latents [B, C, F, H, W], σ [B] and text; unpacks the predictions."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, inputs: Mapping[str, float] | None = None) -> None:
         self.plan = plan
         self.geometry = plan.geometry
+        # `[inputs]` values that replace the spec's in every call (the run config's for training, generate's flags)
+        self.inputs = checked_inputs(plan, inputs)
+
+    def input_values(self, training: bool, inputs: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Each `[inputs]` entry's value: `inputs` (a call's), else the adapter's, else the spec's train or sample."""
+        spec = {name: (entry.train if training else entry.sample) for name, entry in self.plan.inputs.items()}
+        return {**spec, **self.inputs, **checked_inputs(self.plan, inputs)}
 
     def environment(
         self,
@@ -67,6 +76,7 @@ class Adapter:
         grid: tuple[int, int, int] | None = None,
         conditions: TokenConditions | None = None,
         stream_sigmas: Mapping[str, torch.Tensor] | None = None,
+        inputs: Mapping[str, float] | None = None,
     ) -> dict[str, Any]:
         """The names a call expression may read, for this batch.
 
@@ -75,6 +85,7 @@ class Adapter:
         target's). `timestep` defaults to the spec's `[flow] timestep` of σ; a stream not given gets its zero
         dummy; `conditions` (none: text-to-video) give `condition.mask` and `reference.*`, repeated to the batch;
         `<stream>.sigma` is the stream's own σ [B] from `stream_sigmas` (joint training, independent σ), else σ.
+        `input.<name>` is float32 [B]: `inputs`' value, else the adapter's, else the spec's (training's or sampling's).
         """
         b = latents.shape[0]
         f, h, w = grid if grid is not None else latents.shape[2:]
@@ -102,6 +113,8 @@ class Adapter:
             "batch_size": b,
         }
         env.update(_condition_names(conditions, env["latents"], b))
+        for name, value in self.input_values(training, inputs).items():
+            env[f"input.{name}"] = torch.full((b,), float(value), dtype=torch.float32, device=latents.device)
         given = streams or {}
         for name in self.plan.streams:
             value = given.get(name)
@@ -176,6 +189,15 @@ class Adapter:
         """Training's call: the video prediction as float32 [B, C, F, H, W] (streams get their dummies)."""
         env = self.environment(latents, sigma, text, fps, compute_dtype=compute_dtype)
         return self.outputs(transformer, env)[0]
+
+
+def checked_inputs(plan: Plan, inputs: Mapping[str, float] | None) -> dict[str, float]:
+    """`inputs` as floats; a UserError naming the spec's `[inputs]` for a name it lacks."""
+    unknown = sorted(set(inputs or {}) - set(plan.inputs))
+    if unknown:
+        have = ", ".join(sorted(plan.inputs)) or "none"
+        raise UserError(f"spec {plan.name!r} has no input {', '.join(map(repr, unknown))} (its [inputs]: {have})")
+    return {name: float(value) for name, value in (inputs or {}).items()}
 
 
 def _condition_names(conditions: TokenConditions | None, packed: torch.Tensor, batch: int) -> dict[str, Any]:

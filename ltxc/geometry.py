@@ -17,10 +17,11 @@ class ShapeError(UserError):
 
 @frozen
 class FrameRule:
-    """Valid frame counts are `multiple * k + offset`, k >= 0 (e.g. 8k+1)."""
+    """Valid frame counts are `multiple * k + offset`, k >= 0 (e.g. 8k+1), up to `maximum` when set (1: images)."""
 
     multiple: int
     offset: int
+    maximum: int | None = None
 
     @property
     def minimum(self) -> int:
@@ -29,11 +30,20 @@ class FrameRule:
 
     def is_valid(self, frames: int) -> bool:
         """True when `frames` obeys the rule."""
-        return frames >= self.minimum and (frames - self.offset) % self.multiple == 0
+        within = self.maximum is None or frames <= self.maximum
+        return within and frames >= self.minimum and (frames - self.offset) % self.multiple == 0
 
     def valid_counts(self, up_to: int) -> list[int]:
         """Every valid count <= `up_to`, ascending."""
-        return list(range(self.minimum, up_to + 1, self.multiple))
+        top = up_to if self.maximum is None else min(up_to, self.maximum)
+        return list(range(self.minimum, top + 1, self.multiple))
+
+    @property
+    def largest(self) -> int | None:
+        """The largest valid count, or None without a maximum."""
+        if self.maximum is None:
+            return None
+        return self.maximum - (self.maximum - self.offset) % self.multiple
 
     def fit(self, available: int) -> int:
         """The largest valid count <= `available`; a `ShapeError` below the minimum."""
@@ -42,10 +52,15 @@ class FrameRule:
                 f"{available} frame(s) available, but the model needs at least {self.minimum} "
                 f"(valid counts are {self.describe()})"
             )
+        if self.largest is not None and available > self.largest:
+            return self.largest  # an image model takes one frame of a longer clip
         return available - (available - self.offset) % self.multiple
 
     def check(self, frames: int) -> None:
         """Raise a `ShapeError` naming the nearest valid counts unless `frames` is valid."""
+        if not self.is_valid(frames) and self.largest is not None and frames > self.largest:
+            what = "one frame (an image)" if self.largest == 1 else f"at most {self.largest} frames"
+            raise ShapeError(f"{frames} frames is not a valid count: the model takes {what}; use {self.largest}")
         if not self.is_valid(frames):
             below = self.fit(frames) if frames >= self.minimum else None
             above = below + self.multiple if below is not None else self.minimum
@@ -54,7 +69,10 @@ class FrameRule:
 
     def describe(self) -> str:
         """`8n+1`-style description."""
-        return f"{self.multiple}n+{self.offset}" if self.offset else f"{self.multiple}n"
+        rule = f"{self.multiple}n+{self.offset}" if self.offset else f"{self.multiple}n"
+        if self.largest is not None and self.largest <= self.minimum:
+            return f"exactly {self.minimum}"
+        return rule if self.maximum is None else f"{rule} up to {self.largest}"
 
 
 @frozen
@@ -133,6 +151,11 @@ class Geometry:
     def token_features(self) -> int:
         """Features per token in the `tokens` layout: C * pt * ph * pw."""
         return self.latent_channels * math.prod(self.patch)
+
+    def grid_tokens(self, frames: int, height: int, width: int) -> int:
+        """Transformer tokens of a latent grid (frames x height x width cells): the cells over the patch."""
+        pt, ph, pw = self.patch
+        return (frames // pt) * (height // ph) * (width // pw)
 
     # -- latents <-> transformer layout -------------------------------------------------------------
     def pack(self, latents: torch.Tensor) -> torch.Tensor:

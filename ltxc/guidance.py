@@ -118,6 +118,7 @@ class Step:
     conditions: TokenConditions | None = None  # a task's conditioned tokens (none: text-to-video)
     call: Mapping[str, Expr] | None = None  # the call mapping (a task's), else the spec's
     record: InputRecorder | None = None  # sees each pass's keyword arguments (verify's trace)
+    inputs: Mapping[str, float] | None = None  # `[inputs]` values given for this call (the rest: the spec's)
 
     def predictions(
         self, passes: list[tuple[tuple[str, ...], Text]], text: Text, guide: Guide, guidance_dtype: str
@@ -154,6 +155,7 @@ class Step:
             compute_dtype=self.dtype,
             grid=self.grid,
             conditions=self.conditions,  # repeated to the pass's batch as `cat`s, as the pipelines repeat the mask
+            inputs=self.inputs,
         )
         kwargs = self.adapter.model_kwargs(env, overrides, self.call)
         if self.record is not None:
@@ -175,8 +177,13 @@ def noise_level_keywords(call: Mapping[str, Expr]) -> list[str]:
 
 
 def traced_keywords(call: Mapping[str, Expr]) -> list[str]:
-    """The keywords traced as `input.<keyword>`: those reading the noise level or a task's condition names."""
-    return [key for key, expr in call.items() if expr.names & (NOISE_LEVEL | CONDITION_NAMES)]
+    """The keywords traced as `input.<keyword>`: those reading the noise level, a task's condition names or an
+    `[inputs]` value (`input.<name>`)."""
+    return [key for key, expr in call.items() if expr.names & (NOISE_LEVEL | CONDITION_NAMES) or _reads_input(expr)]
+
+
+def _reads_input(expr: Expr) -> bool:
+    return any(name.startswith("input.") for name in expr.names)
 
 
 def input_recorder(trace: Callable[[str, Tensor], None], keywords: Sequence[str]) -> InputRecorder:

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ltxc.errors import UserError
 from ltxc.plan import Plan
+from ltxc.vae_frames import from_vae, to_vae
 
 
 def decode_latents(
@@ -39,7 +40,10 @@ def decode_latents(
             z = z.to(role_dtype(step.removeprefix("cast:")))
     if conditioned and timestep is None:
         raise UserError("the VAE is timestep-conditioned, but [sampler] decode has no 'noise' step")
+    vae_input, batch = plan.latent.vae_input, z.shape[0]
+    z = to_vae(z, vae_input)  # an image VAE decodes each frame as an image
     video = vae.decode(z, timestep, return_dict=False)[0] if conditioned else vae.decode(z, return_dict=False)[0]
+    video = from_vae(video, batch, vae_input)
     # [B, 3, F, H, W] in [-1, 1] -> [B, F, H, W, 3] in [0, 1], clamped before the float cast like diffusers
     return (video * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).float().cpu()
 

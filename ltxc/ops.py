@@ -49,6 +49,29 @@ def _cat(tensors: Any, dim: int = 0) -> torch.Tensor:
     return torch.cat(list(tensors), dim=dim)
 
 
+def cast_like(value: Any, like: torch.Tensor) -> torch.Tensor:
+    """`value` in `like`'s dtype and on its device (e.g. a timestep in the latents' dtype, as pipelines cast it)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device=like.device, dtype=like.dtype)
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
+
+
+def zeros(shape: Any, like: torch.Tensor) -> torch.Tensor:
+    """Zeros of `shape` (a list of sizes) in `like`'s dtype and on its device."""
+    return torch.zeros([int(n) for n in shape], dtype=like.dtype, device=like.device)
+
+
+def grid_coordinates(sizes: Any, like: torch.Tensor) -> torch.Tensor:
+    """Each cell's integer coordinates on a grid of `sizes`, row-major: [prod(sizes), len(sizes)] in `like`'s dtype.
+
+    E.g. sizes [1, H, W] gives (0, row, column) per token in `Geometry.pack`'s order (frame, then row, then column).
+    Built in float32 and then cast, as pipelines build position ids.
+    """
+    axes = [torch.arange(int(n), dtype=torch.float32) for n in sizes]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(axes))
+    return grid.to(device=like.device, dtype=like.dtype)
+
+
 def pixel_boxes(
     geometry: Geometry,
     like: torch.Tensor,
@@ -105,6 +128,9 @@ def op_table(geometry: Geometry) -> dict[str, Callable[..., Any]]:
         "unflatten": _unflatten,
         "unsqueeze": _unsqueeze,
         "cat": _cat,
+        "cast": cast_like,
+        "zeros": zeros,
+        "grid_coordinates": grid_coordinates,
         "pixel_boxes": lambda like, frames, height, width, fps, causal_offset=1, spatial_scale=1: pixel_boxes(
             geometry, like, frames, height, width, fps, causal_offset, spatial_scale
         ),

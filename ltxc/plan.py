@@ -124,6 +124,8 @@ class Plan:
     # [sampler] input_dtype and decode, resolved: the role whose dtype the transformer's inputs take, and the
     # decode's ordered steps ("denormalise", "cast:<role>", "noise")
     input_role: str = "transformer"
+    latent_role: str | None = None  # [sampler] latent_dtype: the role whose dtype the sampler's latents take
+    inputs: dict[str, spec_types.InputSpec] = attrs.field(factory=dict)  # [inputs]: named scalar inputs
     decode: tuple[str, ...] = ("denormalise", "cast:vae", "noise")
     reference: str | None = None  # the diffusers pipeline class the exports and `verify` use
     stage_in_training: bool = False  # the cache stops before [text.stage]: training runs the stage itself

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltxc.components import Components
+from ltxc.components import Components, module_dtype
 from ltxc.errors import UserError
 from ltxc.plan import Plan
 from ltxc.text_clean import clean_caption
+from ltxc.vae_frames import from_vae, to_vae
 
 
 class Processor:
@@ -36,6 +37,7 @@ class Processor:
         self.components = components
         self._vae: Any = None
         self._text: tuple[Any, Any] | None = None
+        self._extra: dict[str, tuple[Any, Any]] = {}  # `[text.encoders]`: name -> (tokenizer, encoder)
         self._normaliser: Any = None
         self._stage: Any = None
         self._audio: Any = None
@@ -67,12 +69,14 @@ class Processor:
 
         `encode` ("mode" or "sample") overrides `[latent] encode`, e.g. with a task condition's for its input."""
         self.plan.geometry.check(frames.shape[0], frames.shape[1], frames.shape[2])
-        posterior = self.vae.encode(self.pixels_to_tensor(frames)).latent_dist
+        vae_input = self.plan.latent.vae_input
+        posterior = self.vae.encode(to_vae(self.pixels_to_tensor(frames), vae_input)).latent_dist
         if (encode or self.plan.latent.encode) == "mode":
             latents = posterior.mode()
         else:  # seeded per sample, so the cache does not depend on worker count or order
             generator = torch.Generator(device=self.device).manual_seed(seed)
             latents = posterior.sample(generator=generator)
+        latents = from_vae(latents, 1, vae_input)
         return self.normaliser.normalise(latents.to(torch.float32))[0].cpu()
 
     @property
@@ -125,7 +129,15 @@ class Processor:
 
     @torch.no_grad()
     def encoder_output(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenizer and encoder only: {"embeds": [B, L, D...], "mask": bool [B, L]} on the device."""
+        """Tokenizer and encoders only: {"embeds": [B, L, D...], "mask": bool [B, L]}, and each `[text.encoders]`
+        entry's output by its name ([B, D] pooled, or [B, L, D]), on the device."""
+        text = self._primary_output(captions)
+        for name in sorted(self.text.encoders or {}):
+            text[name] = self._extra_output(name, captions)
+        return text
+
+    def _primary_output(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """`[text]`'s tokenizer and encoder: {"embeds", "mask"}."""
         text = self.text
         tokenizer, encoder = self._text_modules()
         tokens = tokenizer(
@@ -147,6 +159,28 @@ class Processor:
         if text.zero_padding:  # for right padding this is "cut to the true length, then zero-pad"
             embeds = torch.where(mask.bool().unsqueeze(-1), embeds, torch.zeros((), dtype=embeds.dtype))
         return {"embeds": embeds, "mask": mask.bool()}
+
+    def _extra_output(self, name: str, captions: Sequence[str]) -> torch.Tensor:
+        """A `[text.encoders.<name>]` encoder's output in its own dtype (as pipelines hand it on): the pooled output
+        [B, D] or the last hidden state [B, L, D]."""
+        spec = (self.text.encoders or {})[name]
+        if name not in self._extra:
+            tokenizer = self.components[spec.tokenizer]
+            tokenizer.padding_side = spec.padding_side
+            self._extra[name] = (tokenizer, self.components[spec.encoder].to(self.device))
+        tokenizer, encoder = self._extra[name]
+        tokens = tokenizer(
+            [clean_caption(caption, self.text.clean) for caption in captions],
+            padding="max_length",
+            max_length=spec.max_length,
+            truncation=True,
+            add_special_tokens=spec.add_special_tokens,
+            return_tensors="pt",
+        )
+        mask = tokens.attention_mask.to(self.device) if spec.encoder_mask else None
+        output = encoder(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=False)
+        result = output.pooler_output if spec.output == "pooled" else output[0]
+        return result.to(module_dtype(encoder))
 
     @torch.no_grad()
     def apply_stage(self, text: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -185,7 +219,9 @@ class Processor:
         """Drop the tokenizer, the text encoder and the text stage (from this processor and its components), so
         their memory is freed once nothing else holds them; a later text call builds them again."""
         self._text = self._stage = None
+        self._extra = {}
         roles = [self.text.tokenizer, self.text.encoder] + ([self.text.stage.component] if self.text.stage else [])
+        roles += [role for e in (self.text.encoders or {}).values() for role in (e.tokenizer, e.encoder)]
         release = getattr(self.components, "release", None)
         for role in roles if release is not None else ():
             release(role)

@@ -3,7 +3,8 @@
 Each step mirrors the spec's reference pipeline, so `ltxc verify` can hold the two equal, bit for bit in float32
 and bf16: the initial noise is drawn with diffusers' `randn_tensor` from `torch.Generator().manual_seed(seed)`
 and kept in the transformer's layout from then on (packed once, unpacked once before the decode, so the CFG
-batch is a contiguous `cat` of packed latents and a batch-1 pass a strided view, as in the pipelines); the
+batch is a contiguous `cat` of packed latents and a batch-1 pass a strided view, as in the pipelines), in float32
+or the dtype `[sampler] latent_dtype` names (a float32 draw cast to bf16 equals a bf16 draw); the
 scheduler gets the spec's σ rule and shift; CFG runs batched or as separate passes in the spec's order, guided
 in float32 or the model's dtype; the decode runs the spec's ordered steps, its noise drawn from the same
 generator after the initial noise (`latent_decode`). An image conditions the run with the spec's task that takes one
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from attrs import frozen
+from attrs import field, frozen
 from torch import Tensor
 from tqdm import tqdm
 
@@ -44,8 +45,11 @@ from ltxc.latent_decode import decode_latents
 from ltxc.plan import VIDEO, CompiledCondition, Plan
 from ltxc.processor import Processor
 from ltxc.sampling_args import prompt_list, size_or_default
+from ltxc.sampling_run import SamplingRun, resolve_run
 from ltxc.schedule import set_schedule
 from ltxc.stream_decode import Sound, decode_sound
+
+__all__ = ["Generation", "Sampler", "Trace", "size_or_default"]
 
 # Called with (stage name, tensor) at each stage of one sampler call, when given (see `Sampler.__call__`).
 Trace = Callable[[str, Tensor], None]
@@ -73,22 +77,8 @@ class Generation:
     decode_state: Tensor | None = None
     audio: Tensor | None = None  # the decoded stream's waveform [B, channels, samples] float32 on the CPU, or None
     sample_rate: int | None = None  # its rate (Hz); None without a waveform
-
-
-@frozen
-class _Run:
-    """One sampler call's settings, each as given or else the spec's default."""
-
-    frames: int
-    height: int
-    width: int
-    shape: LatentShape
-    fps: float
-    steps: int
-    guidance: float
-    rescale: float
-    cfg: bool  # whether the negative branch runs
-    negative: str | None  # the negative prompt when it does
+    inputs: dict[str, float] = field(factory=dict)  # each `[inputs]` value the transformer got (given or the spec's)
+    undecoded_streams: dict[str, Tensor] | None = None  # with decode=False: the joint streams' final latents (CPU)
 
 
 class Sampler:
@@ -162,6 +152,7 @@ class Sampler:
         task: str | None = None,
         reference: Tensor | None = None,
         reference_strength: float = 1.0,
+        inputs: Mapping[str, float] | None = None,
     ) -> Generation:
         """Generate one video per prompt; every unset argument comes from the spec's `[sampler]`.
 
@@ -179,20 +170,18 @@ class Sampler:
         keyword whose call expression reads σ, the timestep or a task's condition names, as the transformer gets
         it), `prediction.<stream>.<role>` (role: uncond, cond or a perturbation's name; float32) and
         `step1.<stream>`, then `final.<stream>` and `frames`; latents in the transformer's layout (appended tokens
-        included, but not in `final`).
+        included, but not in `final`). `inputs` replace `[inputs]` sampling values (e.g. a distilled guidance).
         """
         prompts = prompt_list(prompts)
-        run = self._resolve(negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale)
+        run = self._resolve(negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale, inputs)
         trace = trace or self.trace
         text, negative = self._prompt_text(prompts, run.negative)
         dtype = self.compute_dtype or self._role_dtype(self.plan.input_role)
-        if trace is not None:
-            for prefix, tensors in (("text", text), ("negative_text", negative or {})):
-                for name, value in tensors.items():
-                    trace(f"{prefix}.{name}", value.to(dtype) if value.is_floating_point() else value)
+        _emit_text(trace, text, negative, dtype)
         generator = torch.Generator().manual_seed(seed)  # CPU: the same noise on every device
-        inputs = {kind: value for kind, value in (("image", image), ("video", reference)) if value is not None}
-        latents, conditions = self._start(len(prompts), run, inputs, task, dtype, generator, reference_strength)
+        given = {kind: value for kind, value in (("image", image), ("video", reference)) if value is not None}
+        latents, conditions = self._start(len(prompts), run, given, task, dtype, generator, reference_strength)
+        latents[VIDEO] = latents[VIDEO].to(self._latent_dtype())  # drawn in float32: equal to a draw in this dtype
         appended = 0 if conditions is None else conditions.appended_cells  # a resolution shift counts them
         timesteps, sigmas = self._schedule(run.steps, run.shape, appended)
         packed = conditions is not None and conditions.task.noise == "packed"
@@ -217,11 +206,12 @@ class Sampler:
             steps=run.steps,
             guidance=run.guidance,
             task=None if conditions is None else conditions.task.name,
-            undecoded=None if decode else grid.cpu(),
-            decode_state=None if decode else generator.get_state(),
+            undecoded=None if decode else grid.cpu(), decode_state=None if decode else generator.get_state(),
+            undecoded_streams=None if decode else {name: x.cpu() for name, x in final.items() if name != VIDEO},
             audio=None if sound is None else sound.waveform,
             sample_rate=None if sound is None else sound.sample_rate,
-        )
+            inputs=self.adapter.input_values(False, run.inputs),
+        )  # fmt: skip
 
     def _resolve(
         self,
@@ -233,39 +223,21 @@ class Sampler:
         steps: int | None,
         guidance: float | None,
         guidance_rescale: float | None,
-    ) -> _Run:
-        """One call's settings: each argument given, else the spec's `[sampler]` default."""
-        s = self.settings
-        frames, height, width = (
-            size_or_default(frames, s.frames, "frames"),
-            size_or_default(height, s.height, "height"),
-            size_or_default(width, s.width, "width"),
-        )
-        shape = self.plan.geometry.latent_shape(frames, height, width)  # a clear ShapeError, never a silent floor
-        steps = s.steps if steps is None else steps
-        if steps < 1:
-            raise UserError(f"steps must be at least 1, got {steps}")
-        guidance = float(s.guidance if guidance is None else guidance)
-        # as the pipelines decide it: the negative branch runs when any jointly sampled stream is guided
-        joint = [st for st in self.plan.streams.values() if st.sample == "joint"]
-        cfg = guidance > 1.0 or any((st.guidance if st.guidance is not None else guidance) > 1.0 for st in joint)
-        return _Run(
-            frames=frames,
-            height=height,
-            width=width,
-            shape=shape,
-            fps=float(s.fps if fps is None else fps),
-            steps=steps,
-            guidance=guidance,
-            rescale=float(s.guidance_rescale if guidance_rescale is None else guidance_rescale),
-            cfg=cfg,
-            negative=(s.negative_prompt if negative_prompt is None else negative_prompt) if cfg else None,
-        )
+        inputs: Mapping[str, float] | None = None,
+    ) -> SamplingRun:
+        """One call's settings: each argument given, else the spec's `[sampler]` default (`sampling_run`)."""
+        args = (negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale, inputs)
+        return resolve_run(self.plan, *args)
 
     def _prompt_text(self, prompts: list[str], negative: str | None) -> tuple[Text, Text | None]:
         """(the prompts' text, the negative prompt's text once per prompt when CFG runs, else None)."""
         text = self._encode(prompts)
         return text, None if negative is None else self._encode([negative] * len(prompts))
+
+    def _latent_dtype(self) -> torch.dtype:
+        """The dtype the latents keep through the loop: `[sampler] latent_dtype`'s role's, else float32."""
+        role = self.plan.latent_role
+        return torch.float32 if role is None else self._role_dtype(role)
 
     def _role_dtype(self, role: str) -> torch.dtype:
         """The dtype a component computes in, as diffusers' `ModelMixin.dtype` answers it."""
@@ -276,7 +248,7 @@ class Sampler:
     def _start(
         self,
         batch: int,
-        run: _Run,
+        run: SamplingRun,
         inputs: Mapping[str, Tensor],
         task: str | None,
         dtype: torch.dtype,
@@ -320,7 +292,7 @@ class Sampler:
         negative: Text | None,
         timesteps: Tensor,
         sigmas: Tensor,
-        run: _Run,
+        run: SamplingRun,
         dtype: torch.dtype,
         progress: bool,
         trace: Trace | None,
@@ -343,7 +315,7 @@ class Sampler:
             for i, t in enumerate(timesteps):
                 record = input_recorder(trace, traced_keywords(call)) if trace is not None and i == 0 else None
                 step = Step(self.adapter, transformer, latents, sigmas[i], t, run.fps, dtype, grid,
-                            conditions=tokens, call=call, record=record)  # fmt: skip
+                            conditions=tokens, call=call, record=record, inputs=run.inputs)  # fmt: skip
                 predictions = step.predictions(passes, text, guide, self.settings.guidance_dtype)
                 if trace is not None and i == 0:
                     for role, values in predictions.items():
@@ -389,6 +361,12 @@ class Sampler:
 
 def _named(prefix: str, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {f"{prefix}.{name}": value for name, value in tensors.items()}
+
+
+def _emit_text(trace: Trace | None, text: Text, negative: Text | None, dtype: torch.dtype) -> None:
+    """Trace the prompts' and the negative prompt's text tensors as the transformer gets them (in `dtype`)."""
+    for prefix, tensors in (("text", text), ("negative_text", negative or {})):
+        _emit(trace, {f"{prefix}.{n}": v.to(dtype) if v.is_floating_point() else v for n, v in tensors.items()})
 
 
 def _emit(trace: Trace | None, tensors: Mapping[str, Tensor]) -> None:

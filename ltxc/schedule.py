@@ -26,7 +26,8 @@ def set_schedule(
     """Set the scheduler's timesteps with the spec's σ rule and shift; return (timesteps, σ).
 
     A resolution shift counts the whole sequence the transformer denoises, as the pipelines count it
-    (`latents.shape[1]`): the target's latent cells, plus `appended` cells of a task's appended condition.
+    (`latents.shape[1]`): the target's tokens (latent cells over the patch), plus `appended` tokens of a task's
+    appended condition.
     """
     accepted = inspect.signature(scheduler.set_timesteps).parameters
     kwargs: dict[str, Any] = {"device": device}
@@ -37,8 +38,8 @@ def set_schedule(
     else:
         kwargs["num_inference_steps"] = steps
     if isinstance(settings.shift, ResolutionShiftSpec):
-        # The latent grid's size, as the pipelines count it (before patching), with any appended cells.
-        kwargs["mu"] = resolution_mu(settings.shift, shape.frames * shape.height * shape.width + appended)
+        # The packed sequence's length, as the pipelines count it (after patching), with any appended tokens.
+        kwargs["mu"] = resolution_mu(settings.shift, shape.tokens + appended)
     scheduler.set_timesteps(**kwargs)
     if hasattr(scheduler, "set_begin_index"):  # as the pipelines do: step i is index i, even with repeats
         scheduler.set_begin_index(0)

@@ -83,6 +83,7 @@ def reference_call(
     names.update(
         {f"{n}.guidance": st.guidance if st.guidance is not None else guidance for n, st in plan.streams.items()}
     )
+    names.update({f"input.{n}": entry.sample for n, entry in plan.inputs.items()})
     names.update(more_names or {})
     extra = {key: expr(names) for key, expr in plan.reference_args.items()}
     accepted = parameters(pipeline_class.__call__)
@@ -92,7 +93,9 @@ def reference_call(
             f"{where} reference_args names {', '.join(unknown)}, which {pipeline_class.__name__}.__call__ does not take"
         )
     wanted.update(extra)
-    missing = [name for name in REQUIRED_CALL if name not in accepted]
+    # an image model's pipeline (one frame per sample) takes no frame count
+    images = plan.geometry.frame_rule.largest == 1
+    missing = [name for name in REQUIRED_CALL if name not in accepted and not (images and name == "num_frames")]
     if missing:
         raise UserError(f"the reference {pipeline_class.__name__} takes no {', '.join(missing)}: it cannot be compared")
     kwargs = {name: value for name, value in wanted.items() if name in accepted}
@@ -271,7 +274,11 @@ def _audio(output: Any) -> torch.Tensor | None:
 
 
 def _frames(output: Any) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(output.frames)).float()
+    """The output's frames [B, F, H, W, 3]; an image pipeline's images [B, H, W, 3] as one frame each."""
+    frames = getattr(output, "frames", None)
+    if frames is None:
+        return torch.from_numpy(np.asarray(output.images)).float().unsqueeze(1)
+    return torch.from_numpy(np.asarray(frames)).float()
 
 
 def _tensor(value: Any) -> torch.Tensor | None:

@@ -171,7 +171,12 @@ def _level_rows(plan: Plan, ours: Mapping[str, Tensor], calls: Mapping[str, Call
         if theirs is None:
             rows.append(skipped(label, f"the reference passed no tensor {keyword}"))
             continue
-        what = "the step's noise level" if plan.call[keyword].names & NOISE_LEVEL else "a task's condition input"
+        names = plan.call[keyword].names
+        what = "a task's condition input"
+        if names & NOISE_LEVEL:
+            what = "the step's noise level"
+        elif any(n.startswith("input.") for n in names):
+            what = "a scalar input"
         note = f"{what}, as {keyword} ({_dtype(theirs)}, {_ROLE_NOTES.get(role, role)} pass)"
         rows.append(compare(label, ours.get(f"input.{keyword}.{role}"), theirs, tolerance, note, True))
     return rows

@@ -12,6 +12,7 @@ from ltxc.compiler.checks import (
     check_reference,
     check_roles,
     check_sampler,
+    check_text_encoders,
     check_text_lengths,
     checked_geometry,
     decode_steps,
@@ -39,6 +40,7 @@ def compile_spec(loaded: Loaded) -> Plan:
     geometry = checked_geometry(spec, locator, problems)
     recipes = component_recipes(spec, locator, problems)
     check_roles(spec, locator, problems)
+    check_text_encoders(spec, locator, problems)
     check_normaliser(spec, locator, problems)
     check_sampler(spec, locator, problems)
     check_text_lengths(spec, locator, problems)
@@ -89,6 +91,8 @@ def _plan(
         frozen=spec.parallel.frozen,
         transformer_role=spec.transformer.component,
         input_role=spec.sampler.input_dtype or spec.transformer.component,
+        latent_role=spec.sampler.latent_dtype,
+        inputs=dict(spec.inputs or {}),
         decode=decode_steps(spec),
         reference=spec.model.reference,
         stage_in_training=spec.text.stage is not None and spec.text.cache == "before_stage",

@@ -17,7 +17,7 @@ from ltxc.spec.types import MeanStdSpec, ShiftScaleSpec, Spec
 def checked_geometry(spec: Spec, locator: Locator, problems: list[Problem]) -> Geometry:
     """The spec's `Geometry`, with a problem for every rule that cannot hold."""
     g = spec.geometry
-    rule = FrameRule(g.frames.multiple, g.frames.offset)
+    rule = FrameRule(g.frames.multiple, g.frames.offset, g.frames.max)
     geometry = Geometry(
         g.latent_channels,
         g.spatial_compression,
@@ -30,6 +30,13 @@ def checked_geometry(spec: Spec, locator: Locator, problems: list[Problem]) -> G
     where = ("geometry",)
     if g.frames.offset >= g.frames.multiple and g.frames.multiple > 1:
         problems.append(locator.problem((*where, "frames", "offset"), "must be smaller than frames.multiple"))
+    if g.frames.max is not None and g.frames.max < rule.minimum:
+        problems.append(
+            locator.problem(
+                (*where, "frames", "max"),
+                f"{g.frames.max} is below the smallest valid count ({rule.minimum}); raise it or lower the offset",
+            )
+        )
     # Every valid frame count must map to a whole number of latent frames: (F - 1) / temporal_compression.
     if (rule.minimum - 1) % g.temporal_compression or g.frames.multiple % g.temporal_compression:
         problems.append(
@@ -70,10 +77,27 @@ def check_roles(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
     }
     if spec.text.stage is not None:
         roles[("text", "stage", "component")] = spec.text.stage.component
+    for name, extra in (spec.text.encoders or {}).items():
+        roles[("text", "encoders", name, "encoder")] = extra.encoder
+        roles[("text", "encoders", name, "tokenizer")] = extra.tokenizer
+    if spec.sampler.latent_dtype is not None:
+        roles[("sampler", "latent_dtype")] = spec.sampler.latent_dtype
     for path, role in roles.items():
         if role not in spec.components:
             problems.append(
                 locator.problem(path, f"no [components.{role}] in this spec (it has: {', '.join(spec.components)})")
+            )
+
+
+def check_text_encoders(spec: Spec, locator: Locator, problems: list[Problem]) -> None:
+    """A further encoder's name is not a `[text.stage]` output (both would be the text tensor of that name)."""
+    outputs = set(spec.text.stage.outputs) if spec.text.stage is not None else set()
+    for name in spec.text.encoders or {}:
+        if name in outputs:
+            problems.append(
+                locator.problem(
+                    ("text", "encoders", name), f"[text.stage] outputs a text tensor {name!r} too; rename one of them"
+                )
             )
 
 

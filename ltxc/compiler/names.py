@@ -22,7 +22,13 @@ def text_names(spec: Spec) -> tuple[str, ...]:
     names = ["embeds", "mask"]
     if spec.text.stage is not None:
         names += [n for n in spec.text.stage.outputs if n not in names]
+    names += [n for n in sorted(spec.text.encoders or {}) if n not in names]  # further encoders' outputs
     return tuple(names)
+
+
+def input_names(spec: Spec) -> frozenset[str]:
+    """`input.<name>` for every `[inputs]` entry."""
+    return frozenset(f"input.{name}" for name in spec.inputs or {})
 
 
 def stream_names(spec: Spec) -> frozenset[str]:
@@ -33,13 +39,13 @@ def stream_names(spec: Spec) -> frozenset[str]:
 def call_names(spec: Spec, numbers: Mapping[str, int]) -> frozenset[str]:
     """Every name a `[transformer.call]` expression of this spec may read (what the adapter's environment has)."""
     text = {f"text.{name}" for name in text_names(spec)}
-    return CALL_NAMES | text | stream_names(spec) | numbers.keys()
+    return CALL_NAMES | text | stream_names(spec) | input_names(spec) | numbers.keys()
 
 
 def reference_names(spec: Spec) -> frozenset[str]:
     """The names `[model] reference_args` may read: the sampler's settings, perturbation scales, stream guidance."""
     perturbations = {p.name for p in spec.sampler.perturbations}
-    return REFERENCE_NAMES | perturbations | {f"{s}.guidance" for s in spec.streams}
+    return REFERENCE_NAMES | perturbations | {f"{s}.guidance" for s in spec.streams} | input_names(spec)
 
 
 def geometry_numbers(geometry: Geometry) -> dict[str, int]:

@@ -48,10 +48,11 @@ class ComponentSpec:
 
 @frozen
 class FrameRuleSpec:
-    """Valid frame counts are `multiple * k + offset`."""
+    """Valid frame counts are `multiple * k + offset`, up to `max` when set (1 for image models)."""
 
     multiple: int
     offset: int
+    max: int | None = None
 
 
 @frozen
@@ -104,6 +105,8 @@ class LatentSpec:
     normalise: NormaliserSpec
     vae: str = "vae"
     encode: Literal["mode", "sample"] = "mode"
+    # "image": the VAE takes [B, C, H, W] (ltxc folds the frames into the batch around it); unset: 5-D video
+    vae_input: Literal["video", "image"] | None = None
 
 
 @frozen
@@ -113,6 +116,19 @@ class TextStageSpec:
     component: str
     call: dict[str, str]
     outputs: tuple[str, ...]
+
+
+@frozen
+class TextEncoderSpec:
+    """`[text.encoders.<name>]`: a further text encoder whose output is the text tensor `<name>`."""
+
+    encoder: str
+    tokenizer: str
+    max_length: int
+    output: Literal["pooled", "last"] = "pooled"  # `pooler_output` [B, D], or the last hidden state [B, L, D]
+    padding_side: Literal["right", "left"] = "right"
+    add_special_tokens: bool = True
+    encoder_mask: bool = False
 
 
 @frozen
@@ -132,6 +148,7 @@ class TextSpec:
     clean: tuple[Literal["strip", "collapse_whitespace", "unescape_html", "fix_text"], ...] = ()
     stage: TextStageSpec | None = None
     cache: Literal["after_stage", "before_stage"] = "after_stage"
+    encoders: dict[str, TextEncoderSpec] | None = None  # further encoders (unset: none), in name order
 
 
 @frozen
@@ -268,6 +285,7 @@ class SamplerSpec:
     input_dtype: str | None = None  # a role; unset: the transformer's
     guidance_dtype: Literal["float32", "model"] = "float32"
     decode: tuple[str, ...] | None = None  # unset: denormalise, cast to the VAE, noise
+    latent_dtype: str | None = None  # a role whose dtype the latents take through the loop; unset: float32
 
 
 @frozen
@@ -286,6 +304,7 @@ class LoraSpec:
     rank: int = 32
     alpha: float = 32.0
     comfyui_names: dict[str, str] = field(factory=dict)
+    comfyui: Literal["generic", "diffusers"] | None = None  # unset: "generic" (and the plan hash it always had)
 
 
 @frozen
@@ -330,6 +349,15 @@ class TaskSpec:
 
 
 @frozen
+class InputSpec:
+    """`[inputs.<name>]`: a scalar the transformer takes (call name `input.<name>`, float32 [B])."""
+
+    sample: float  # its value when sampling (`ltxc run generate` may override it)
+    train: float  # its value in training (the run config may override it)
+    description: str = ""
+
+
+@frozen
 class Spec:
     """A whole model spec."""
 
@@ -345,6 +373,7 @@ class Spec:
     lora: LoraSpec = LoraSpec()
     streams: dict[str, StreamSpec] = field(factory=dict)
     tasks: dict[str, TaskSpec] = field(factory=dict)
+    inputs: dict[str, InputSpec] | None = None  # unset: none
 
 
 _TAGGED_UNIONS: dict[Any, dict[str, type]] = {
