@@ -41,6 +41,12 @@ def set_schedule(
         # The packed sequence's length, as the pipelines count it (after patching), with any appended tokens.
         kwargs["mu"] = resolution_mu(settings.shift, shape.tokens + appended)
     scheduler.set_timesteps(**kwargs)
+    if not torch.isfinite(torch.as_tensor(scheduler.sigmas)).all():
+        # e.g. one step with a `shift_terminal` scheduler: diffusers stretches σ by 0/0 (the pipeline gets NaN too)
+        raise UserError(
+            f"{steps} sampling step(s) give NaN noise levels with {type(scheduler).__name__} (shift_terminal "
+            f"{scheduler.config.get('shift_terminal')}); use more steps (--steps 2 or more)"
+        )
     if hasattr(scheduler, "set_begin_index"):  # as the pipelines do: step i is index i, even with repeats
         scheduler.set_begin_index(0)
     return scheduler.timesteps, scheduler.sigmas

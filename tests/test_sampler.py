@@ -242,3 +242,12 @@ def test_trace_names_every_stage(sampler: Sampler, plan: Plan) -> None:
     assert torch.equal(seen["frames"], out.video)
     plain = sampler([PROMPT], steps=2, seed=4)
     assert torch.equal(plain.latents, out.latents) and torch.equal(plain.video, out.video)
+
+
+def test_one_step_with_a_terminal_shift_is_refused_not_nan(sampler: Sampler) -> None:
+    """The tiny LTX spec's scheduler has shift_terminal 0.1: diffusers stretches one step's σ by 0/0 (NaN, in the
+    pipeline too); the sampler says so instead of writing NaN frames."""
+    from ltxc.errors import UserError
+
+    with pytest.raises(UserError, match=r"1 sampling step\(s\) give NaN noise levels .*shift_terminal 0.1.*--steps 2"):
+        sampler([PROMPT], steps=1)
