@@ -38,6 +38,7 @@ class CompiledStream:
     guidance: float | None = None  # its own CFG scale, else the sampler's
     sigma: str = "shared"  # joint training: "shared" (the video's σ) or "independent" (its own draw and shift)
     modules: tuple[str, ...] = ()  # parameter-name parts of its branch and the cross-modal modules
+    text: tuple[str, ...] = ()  # the text tensors only it reads (train.audio_cfg_dropout drops them on its own coin)
     source: spec_types.AudioSourceSpec | None = None  # preprocessing: how a clip's sound becomes its latents
     decode: spec_types.StreamDecodeSpec | None = None  # generation: how its final latents become a waveform
     unpack: Expr | None = None  # decode.unpack, compiled (of `x`)

@@ -406,3 +406,41 @@ def test_refusals_name_the_key(plan: Plan, cache: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"run\.toml:2: train\.video: false trains no stream"):
         load_run_config(run_toml)
     assert attrs.evolve(RunConfig().train, audio=True).video is True
+
+
+def test_the_audio_text_can_drop_on_its_own_coin(plan: Plan, cache: Path, tmp_path: Path) -> None:
+    """`train.audio_cfg_dropout`: the text only the audio reads ([streams.audio] text = audio_embeds) is dropped on a
+    coin of its own, drawn after every other draw (σ, noise, the video coin and the audio noise are unchanged);
+    the video's text still follows the video coin. Unset, both drop together (test above)."""
+    from ltxc.runner.step import draw_micro
+    from ltxc.runner.tasks import training_tasks
+
+    assert plan.streams["audio"].text == ("audio_embeds",)
+    dataset = CacheDataset(cache)
+    text = TrainingText(plan, dataset, torch.device("cpu"))
+    items = [dataset[0], dataset[1]]
+    batch = {key: torch.stack([i[key] for i in items]) for key in ("text_embeds", "text_audio_embeds", "text_mask")}
+    out = text(batch, torch.tensor([True, False]), torch.tensor([False, True]))
+    for name in ("embeds", "mask"):
+        assert torch.equal(out[name][0], text.null[name]) and torch.equal(out[name][1], batch[f"text_{name}"][1])
+    assert torch.equal(out["audio_embeds"][0], batch["text_audio_embeds"][0])
+    assert torch.equal(out["audio_embeds"][1], text.null["audio_embeds"])
+
+    shape, shapes = (2, 128, 2, 2, 3), {"audio": (7, 128)}
+    draws = {}
+    for rate in (None, 0.0, 1.0):
+        cfg = joint(tmp_path / "run", cache, audio_cfg_dropout=rate, cfg_dropout=0.5)
+        streams = TrainingStreams(plan, cfg)
+        tasks = training_tasks(plan, cfg)
+        draws[rate] = draw_micro(plan, cfg, tasks, 0, 0, 0, shape, streams, shapes)
+    assert draws[None].stream_drop is None
+    assert draws[0.0].stream_drop.tolist() == [False, False] and draws[1.0].stream_drop.tolist() == [True, True]
+    for rate in (0.0, 1.0):
+        assert torch.equal(draws[rate].sigma, draws[None].sigma) and torch.equal(draws[rate].noise, draws[None].noise)
+        assert torch.equal(draws[rate].drop, draws[None].drop)
+        assert torch.equal(draws[rate].streams["audio"][0], draws[None].streams["audio"][0])
+
+    run_toml = tmp_path / "own.toml"
+    run_toml.write_text("[train]\naudio_cfg_dropout = 0.2\n")
+    with pytest.raises(ConfigError, match=r"own\.toml:2: train\.audio_cfg_dropout: a rate of the audio's own needs"):
+        load_run_config(run_toml)

@@ -24,11 +24,11 @@ from conftest import SPECS
 PINNED = {
     "flux-1-schnell.toml": "e477cecfae23769cc9d90c199d50594022a315b476d6a68f711b7a6db3d789e4",
     "flux-1.toml": "4b213633b9b976b3c8be9484842cdf993a95f9475fd12f4b28d8a11eb3aeb184",
-    "ltx-2.3.toml": "c519db849c34cf5daa4283ec00fc17d6899b22e5aae98d1abd47dd1cf9a99c1b",
+    "ltx-2.3.toml": "5812fda4adb70c8bd76e771de938b253deaaa512840ce253144f334fe6d27fbf",
     "ltx.toml": "dfc883c1f9aa2841906db70146fc5b12010131fb56ab1a6099d2dd4ec3178543",
     "tiny/flux-1-schnell.toml": "a6592dad8775cba2a95f961b88fa719a5f87953d988286242c6b3b9552f68be2",
     "tiny/flux-1.toml": "63aef2a4d4462c2ecb26ae74f6fcbd37acb2ccd07d0935813db35eae62c472c4",
-    "tiny/ltx-2.3.toml": "962fbc03794bb9fb593b965a3c54da27123993a5e26f8d6c2fe2c4dd903da311",
+    "tiny/ltx-2.3.toml": "16b15d346c23b442ec97da794d9f9fe5085db9dd472482c4df8dc356ae885505",
     "tiny/ltx.toml": "2fab3683c97888e32a918f87c942b834e1859243f592a513ad4d0e19f5f26a36",
     "tiny/wan-2.1.toml": "ff7f376fa87719d6e97f7b38be5f13866bf605597d6f1c088ee1c35dbc2cc8e5",
     "wan-2.1.toml": "fec381e876e32c3497400cded03804ca4dc52c8ca0611692e9a635865f95f794",

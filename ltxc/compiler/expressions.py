@@ -114,9 +114,14 @@ def _streams(
         if len(shapes) == 2 and pack:
             compiled[name] = CompiledStream(
                 name, shapes["noise"], shapes["dummy"], pack["pack"], stream.output, stream.sample, stream.guidance,
-                sigma=stream.sigma, modules=tuple(stream.modules), source=stream.source, decode=stream.decode,
+                sigma=stream.sigma, modules=tuple(stream.modules), text=tuple(stream.text or ()),
+                source=stream.source, decode=stream.decode,
                 unpack=unpack.get("unpack"),
             )  # fmt: skip
+        for text in stream.text or ():
+            if f"text.{text}" not in names:
+                known = ", ".join(sorted(n.removeprefix("text.") for n in names if n.startswith("text.")))
+                problems.append(locator.problem((*where, "text"), f"no text tensor {text!r} (the text has: {known})"))
         if stream.sigma == "independent" and f"{name}.sigma" not in _call_reads(spec, names, ops):
             message = (f'"independent" needs [transformer.call] to read {name}.sigma (its σ), e.g. '
                        f'{name}_timestep = "float32({name}.sigma * 1000)"')  # fmt: skip

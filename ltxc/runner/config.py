@@ -77,6 +77,9 @@ class TrainSection:
     audio: bool = False
     video: bool = True
     audio_loss_weight: float = 1.0
+    audio_cfg_dropout: float | None = None  # the streams' own text ([streams] text) on its own coin; None: the video's
+    # the spec's [inputs] by name (e.g. a distilled guidance scale); a shared {} default is safe: the class is frozen
+    inputs: dict[str, float] = {}  # noqa: RUF008
 
 
 @frozen
@@ -306,6 +309,9 @@ def _finish(loaded: Loaded, default_name: str) -> Loaded:
     if not train.video and not train.audio:
         message = "false trains no stream: set train.audio = true to train the audio side only"
         problems.append(locator.problem(("train", "video"), message))
+    if train.audio_cfg_dropout is not None and not train.audio:
+        message = "a rate of the audio's own needs train.audio = true (a video-only run drops all text together)"
+        problems.append(locator.problem(("train", "audio_cfg_dropout"), message))
     if problems:
         raise ConfigError(problems)
     name = config.run.name or default_name

@@ -68,6 +68,8 @@ class Draws:
     tasks: tuple[CompiledTask | None, ...]  # the task each sample trains (None: text-to-video)
     # `train.audio`: per stream (noise [B, L, D], its own σ [B] or None: the video's), drawn after the rest
     streams: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(factory=dict)
+    # `train.audio_cfg_dropout`: the streams' own text is dropped where this [B] bool is true (None: where `drop` is)
+    stream_drop: torch.Tensor | None = None
 
 
 @frozen
@@ -126,7 +128,7 @@ def _accumulate(t: Training, step: int, micro: int) -> _Micro:
     shapes = None if streams is None else streams.shapes(batch)
     draws = draw_micro(t.plan, t.config, t.data.tasks, step, micro, first, tuple(x0.shape), streams, shapes)
     sigma, noise = draws.sigma.to(device), draws.noise.to(device)
-    text = t.data.text(batch, draws.drop)
+    text = t.data.text(batch, draws.drop, draws.stream_drop)
     noisy = noisy_latents(x0, noise, sigma)
     task = t.data.tasks.inputs(batch, x0, noisy, draws.tasks)  # None: every sample is text-to-video
     joint = None if streams is None else streams.inputs(batch, draws.streams, sigma)
@@ -185,7 +187,7 @@ def draw_micro(
     `stream_shapes`) each stream's noise and own σ, in that order from its generator (so without tasks and streams
     every draw is text-to-video's)."""
     b = shape[0]
-    tokens = math.prod(shape[2:])  # latent F*H*W: the sequence length the reference sampler shifts by
+    tokens = plan.geometry.grid_tokens(*shape[2:])  # packed tokens: the sequence length the sampler shifts by
     seed = config.run.seed
     gens = [torch.Generator().manual_seed(derived_seed(seed, step, micro, first + i)) for i in range(b)]
     sigma = torch.cat([sample_sigmas(plan.flow, 1, tokens, g) for g in gens])
@@ -193,7 +195,9 @@ def draw_micro(
     drop = dropout_decisions(gens, config.train.cfg_dropout)
     drawn = tasks.draw(gens, seed, step, micro, shape[2])
     joint = {} if streams is None or not streams.on else streams.draw(gens, stream_shapes or {})
-    return Draws(sigma, noise, drop, drawn, joint)
+    rate = config.train.audio_cfg_dropout
+    stream_drop = dropout_decisions(gens, rate) if joint and rate is not None else None  # last: nothing else moves
+    return Draws(sigma, noise, drop, drawn, joint, stream_drop)
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:

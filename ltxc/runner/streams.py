@@ -130,6 +130,11 @@ def check_streams(plan: Plan, config: RunConfig, tasks: Sequence[CompiledTask] =
         return
     if not plan.streams:
         raise UserError(f"{SWITCH} = true, but spec {plan.name!r} has no [streams] to train besides the video")
+    if config.train.audio_cfg_dropout is not None and not any(s.text for s in plan.streams.values()):
+        raise UserError(
+            f"train.audio_cfg_dropout is set, but no [streams] table of spec {plan.name!r} names the text only it "
+            "reads (its `text`): there is nothing to drop on a coin of its own"
+        )
     for stream in plan.streams.values():
         if not config.train.video and not stream.modules:
             raise UserError(

@@ -247,6 +247,7 @@ class StreamSpec:
     source: AudioSourceSpec | None = None  # how a clip's sound becomes this stream's cached latents
     sigma: Literal["shared", "independent"] = "shared"  # joint training: the video's σ, or its own draw and shift
     modules: tuple[str, ...] = ()  # parameter-name parts of its branch and the cross-modal modules
+    text: tuple[str, ...] | None = None  # the text tensors only this stream reads (its own CFG dropout coin)
     decode: StreamDecodeSpec | None = None  # generation: how its final latents become a waveform
 
 
