@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a pixel size to show shapes for (repeatable)",
     )
     _add_verify(commands)
+    _add_draft(commands)
     run = commands.add_parser("run", help="run a plan: preprocess, train, generate, export")
     run_commands = run.add_subparsers(dest="run_command", required=True, metavar="JOB")
     _add_preprocess(run_commands)
@@ -199,9 +200,14 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (drawn as diffusers draws it)")
     p.add_argument("--checkpoint", type=Path, help="a training checkpoint or an export directory (LoRA or full)")
     p.add_argument("--lora-scale", type=float, default=1.0, help="scale of a LoRA checkpoint or export")
-    p.add_argument("--output", type=Path, required=True, help="out.mp4 / .gif / .png (frame or contact sheet) / "
+    p.add_argument("--output", type=Path, help="out.mp4 / .gif / .png (frame or contact sheet) / "
                    ".safetensors (raw frames); an .mp4 gets the generated sound as an AAC track (trimmed or padded "
-                   "to the video's length) when the spec decodes sound ([streams.<name>.decode])")  # fmt: skip
+                   "to the video's length) when the spec decodes sound ([streams.<name>.decode]); an image model "
+                   "(one frame) writes .png or .safetensors; default (or no suffix): generated.png for an image "
+                   "model, generated.mp4 otherwise")  # fmt: skip
+    p.add_argument("--input", action="append", default=[], metavar="NAME=VALUE", help="a value for one of the "
+                   "spec's [inputs] (e.g. --input guidance=4.0, a distilled guidance scale; default: its sample "
+                   "value)")  # fmt: skip
     p.add_argument("--audio-out", type=Path, help="also write the generated sound as 16-bit .wav at the vocoder's rate "
                    "(several prompts: NAME-0.wav, NAME-1.wav, ...); the spec must decode sound")  # fmt: skip
     p.add_argument("--plan", type=Path, help="plan.json (default: the checkpoint's run, .ltxc/plan.json, embedded)")
@@ -253,6 +259,7 @@ def _generate(args: argparse.Namespace) -> int:
         reference=args.reference,
         reference_strength=args.reference_strength,
         audio_out=args.audio_out,
+        named_inputs=args.input,
     )
 
 
@@ -317,6 +324,30 @@ def _verify(args: argparse.Namespace) -> int:
     )
 
 
+def _add_draft(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "draft",
+        help="draft a spec and its tiny twin from a diffusers pipeline (and its checkpoint's configs)",
+        description="Read a diffusers pipeline class (roles, type hints, call defaults, source) and, with "
+        "--pretrained, the checkpoint's model_index.json and configs; write a spec with a TODO naming the source "
+        "line on every value it could not decide, and its tiny twin. Nothing is downloaded or instantiated.",
+    )
+    p.add_argument("--reference", required=True, help="the pipeline, as diffusers:<PipelineClass>")
+    p.add_argument("--pretrained", help="a local diffusers-format directory (or a hub id already in the HF cache)")
+    p.add_argument(
+        "--hub-id", help="write this hub id as the components' pretrained (e.g. where the configs came from)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the spec to write, e.g. specs/my-model.toml")
+    p.add_argument("--tiny", type=Path, help="the tiny twin to write (default: OUT's folder/tiny/OUT's name)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT and the tiny twin if they exist")
+
+
+def _draft(args: argparse.Namespace) -> int:
+    from ltxc.commands.draft import run_draft
+
+    return run_draft(args.reference, args.pretrained, args.out, args.tiny, args.hub_id, force=args.force)
+
+
 def _compile(args: argparse.Namespace) -> int:
     from ltxc.spec import load_spec
 
@@ -334,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return {"preprocess": _preprocess, "train": _train, "export": _export, "generate": _generate}[
                 args.run_command
             ](args)
-        return {"compile": _compile, "verify": _verify}[args.command](args)
+        return {"compile": _compile, "verify": _verify, "draft": _draft}[args.command](args)
     except UserError as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -48,7 +48,7 @@ def summarise(plan: Plan, sizes: Iterable[tuple[int, int, int]] = DEFAULT_SIZES)
     lines.append(f"  frames     {g.frame_rule.describe()}: {_frame_list(plan)}")
     lines.append(f"  resolution multiples of {g.resolution_multiple} px")
     lines.append("  sizes (W x H x F -> latent [C, F, H, W], tokens)")
-    for w, h, f in sizes:
+    for w, h, f in _fitted(plan, sizes):
         try:
             shape = g.latent_shape(f, h, w)
             lines.append(f"    {w}x{h}x{f} -> {shape.as_list()}, {shape.tokens:,} tokens")
@@ -79,9 +79,19 @@ def summarise(plan: Plan, sizes: Iterable[tuple[int, int, int]] = DEFAULT_SIZES)
     return "\n".join(lines)
 
 
+def _fitted(plan: Plan, sizes: Iterable[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The sizes to show; for a rule with a largest count (images) the default video sizes take that count."""
+    largest = plan.geometry.frame_rule.largest
+    if largest is None or sizes is not DEFAULT_SIZES:
+        return list(sizes)  # sizes the user asked for are shown as asked, invalid ones with the reason
+    return list(dict.fromkeys((w, h, min(f, largest)) for w, h, f in sizes))
+
+
 def _frame_list(plan: Plan) -> str:
-    counts = plan.geometry.frame_rule.valid_counts(FRAME_LIST_LIMIT)
-    return ", ".join(str(c) for c in counts) + f" (up to {FRAME_LIST_LIMIT})"
+    rule = plan.geometry.frame_rule
+    counts = rule.valid_counts(FRAME_LIST_LIMIT)
+    bounded = rule.largest is not None and rule.largest <= FRAME_LIST_LIMIT
+    return ", ".join(str(c) for c in counts) + ("" if bounded else f" (up to {FRAME_LIST_LIMIT})")
 
 
 def _normaliser(norm: spec_types.NormaliserSpec) -> str:

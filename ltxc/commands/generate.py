@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from ltxc.commands.generate_output import output_for, parse_inputs
 from ltxc.errors import UserError
 from ltxc.plan import Plan
 from ltxc.runner.run_dir import (
@@ -225,7 +226,7 @@ def run_generate(
     seed: int,
     checkpoint: Path | None,
     lora_scale: float,
-    output: Path,
+    output: Path | None,
     plan_path: Path | None,
     device: str | None,
     compare_cache: Path | None = None,
@@ -233,9 +234,12 @@ def run_generate(
     reference: Path | None = None,
     reference_strength: float = 1.0,
     audio_out: Path | None = None,
+    named_inputs: Sequence[str] = (),
 ) -> int:
     """The whole command; returns the exit code. `prompts_file` adds its prompts after `prompts`. An .mp4 gets
-    the generated sound when the spec decodes any; `audio_out` (.wav) gets it alone."""
+    the generated sound when the spec decodes any; `audio_out` (.wav) gets it alone. No `output` (or one without a
+    suffix): the spec's kind of file (`generate_output.output_for`). `named_inputs`: `NAME=VALUE` items for the
+    spec's [inputs]."""
     from ltxc.media.write import SUFFIXES, write_frames, write_wav
     from ltxc.sampler import Sampler
     from ltxc.stream_decode import decoded_stream
@@ -244,13 +248,14 @@ def run_generate(
         prompts = [*prompts, *read_prompts(prompts_file)]
     if not prompts:
         raise UserError("give at least one --prompt (or --prompts FILE)")
-    if output.suffix.lower() not in SUFFIXES:
+    if output is not None and output.suffix and output.suffix.lower() not in SUFFIXES:
         raise UserError(f"--output {output}: use one of {', '.join(SUFFIXES)}")
     if checkpoint is not None and not checkpoint.exists():
         raise UserError(f"--checkpoint {checkpoint} does not exist")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     record = checkpoint_record(checkpoint)  # run.json, read once: it gives the plan and how the weights were trained
     plan = plan_for(checkpoint, plan_path, record)
+    output, values = output_for(plan, output), parse_inputs(named_inputs, plan)
     if audio_out is not None and (audio_out.suffix.lower() != ".wav" or decoded_stream(plan) is None):
         why = "use a .wav path" if audio_out.suffix.lower() != ".wav" else f"spec {plan.name!r} decodes no sound"
         raise UserError(f"--audio-out {audio_out}: {why}")
@@ -266,9 +271,10 @@ def run_generate(
     for index, (prompt, path) in enumerate(zip(prompts, output_paths(output, len(prompts)), strict=True)):
         result = sampler([prompt], negative_prompt=negative_prompt, frames=frames, height=height, width=width,
                          fps=fps, steps=steps, guidance=guidance, seed=seed, progress=True, image=pixels,
-                         reference=clip, reference_strength=reference_strength)  # fmt: skip
+                         reference=clip, reference_strength=reference_strength, inputs=values)  # fmt: skip
         inputs = {"image": image, "reference": reference}
         settings = {"prompt": prompt, "seed": str(seed), **{k: str(v) for k, v in inputs.items() if v is not None}}
+        settings |= {f"input.{name}": f"{value:g}" for name, value in result.inputs.items()}  # given or the spec's
         if reference is not None:
             settings["reference_strength"] = f"{reference_strength:g}"
         sound = None if result.audio is None else result.audio[0]

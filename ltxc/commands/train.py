@@ -11,7 +11,8 @@ import attrs
 
 from ltxc.commands.plans import resolve_plan
 from ltxc.data.cache import MANIFEST, REJECTED
-from ltxc.errors import UserError
+from ltxc.document import Loaded
+from ltxc.errors import ConfigError, UserError
 from ltxc.plan import Plan
 from ltxc.runner.config import SYNTHETIC_MEDIA, RunConfig, load_run_config
 from ltxc.runner.run_dir import RunDir, write_record
@@ -42,6 +43,7 @@ def run_train(
     run_config: RunConfig = loaded.value
     plan = resolve_plan(plan_path or run_config.run.plan)
     check_tasks(plan, loaded)  # FILE:LINE for a task or validation image the plan cannot train
+    check_inputs(plan, loaded)
     if dry_run:
         print(_memory_plan(plan, run_config))
         return 0
@@ -60,6 +62,20 @@ def run_train(
     if info.is_main:
         print(format_summary(result, run.root))
     return 0
+
+
+def check_inputs(plan: Plan, loaded: Loaded) -> None:
+    """Refuse, as `FILE:LINE: train.inputs.<name>: message`, an input the spec's `[inputs]` does not declare."""
+    have = ", ".join(sorted(plan.inputs)) or "none"
+    unknown = [name for name in loaded.value.train.inputs if name not in plan.inputs]
+    if unknown:
+        raise ConfigError(
+            loaded.locator.problem(
+                ("train", "inputs", name),
+                f"spec {plan.name!r} has no input {name!r} (its [inputs]: {have}); remove it or name one of those",
+            )
+            for name in unknown
+        )
 
 
 def _memory_plan(plan: Plan, run_config: RunConfig) -> str:
@@ -92,6 +108,13 @@ def with_resume(config: RunConfig, resume: str | None) -> RunConfig:
     return attrs.evolve(config, checkpoint=attrs.evolve(config.checkpoint, resume=resume))
 
 
+def sample_counts(plan: Plan) -> tuple[int, int]:
+    """(clips, images) of the synthetic set: clips for a video model, as many images for one that takes one frame."""
+    if plan.geometry.frame_rule.largest == 1:
+        return 0, SAMPLE_CLIPS + SAMPLE_IMAGES
+    return SAMPLE_CLIPS, SAMPLE_IMAGES
+
+
 def _fill_cache(plan: Plan, run_config: RunConfig, run: RunDir, is_main: bool) -> None:
     """Preprocess `data.media` into the cache (the synthetic sample set for the embedded default)."""
     from ltxc.media.synthetic import make_sample_dataset
@@ -110,9 +133,8 @@ def _fill_cache(plan: Plan, run_config: RunConfig, run: RunDir, is_main: bool) -
         folder = run.media
         if is_main and not folder.exists():
             print(f"making the synthetic sample set in {folder}", file=sys.stderr)
-            make_sample_dataset(
-                folder, clips=SAMPLE_CLIPS, images=SAMPLE_IMAGES, seed=0, distinct=True, size=SAMPLE_SIZE
-            )
+            clips, images = sample_counts(plan)
+            make_sample_dataset(folder, clips=clips, images=images, seed=0, distinct=True, size=SAMPLE_SIZE)
         barrier()
     if is_main:
         print(f"preprocessing {folder} into {cache}", file=sys.stderr)

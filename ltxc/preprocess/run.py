@@ -57,7 +57,7 @@ def cache_header(plan: Plan, settings: PreprocessSettings, pairing: Pairing | No
         "null_conditioning": "null.safetensors",
         "tensors": {
             "latents": "normalised latents [C, F, H, W], float32",
-            **{f"text_{name}": f"text conditioning {name!r} [L, ...]" for name in plan.text_names},
+            **{f"text_{name}": f"text conditioning {name!r} {_text_shape(plan, name)}" for name in plan.text_names},
         },
     }
     audio = audio_stream(plan)
@@ -69,6 +69,12 @@ def cache_header(plan: Plan, settings: PreprocessSettings, pairing: Pairing | No
         header["reference"] = pairing.to_json()
         header["tensors"][REFERENCE_TENSOR] = "reference video latents [C, F, H / d, W / d], normalised, float32"
     return header
+
+
+def _text_shape(plan: Plan, name: str) -> str:
+    """A text tensor's per-sample shape: a pooled encoder's output is one vector, the others a sequence."""
+    encoder = (plan.spec.text.encoders or {}).get(name)
+    return "[D]" if encoder is not None and encoder.output == "pooled" else "[L, ...]"
 
 
 def _rank_world() -> tuple[int, int]:

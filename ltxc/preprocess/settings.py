@@ -84,7 +84,7 @@ def build_settings(
         # A clip cut down to a single frame is an image in disguise: by default videos keep some motion,
         # so a clip shorter than the second-smallest valid count is "too short" (images stay 1 frame).
         moving = [count for count in geometry.frame_rule.valid_counts(max_frames) if count > 1]
-        frame_counts = moving or None
+        frame_counts = moving or None  # an image model (one valid count, 1): a video gives its frame at --start
     buckets = frame_buckets(geometry, max_frames, frame_counts)
     if resolution is not None:
         resolutions = [parse_resolution(resolution, geometry)]

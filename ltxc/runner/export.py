@@ -292,15 +292,22 @@ def _export_lora(
     state = lora_state_dict(model)  # collective under FSDP2: every rank gathers
     if not is_main or not (export.lora_diffusers or export.lora_comfyui):
         return {}
-    if export.lora_diffusers and plan.reference is None:
+    # [lora] comfyui = "diffusers": ComfyUI loads this model's diffusers-format LoRA itself (its own module names
+    # differ from diffusers' beyond renames, e.g. fused q/k/v), so the diffusers file serves it and no other is written
+    comfyui_reads_diffusers = plan.lora.comfyui == "diffusers"
+    diffusers = export.lora_diffusers or (export.lora_comfyui and comfyui_reads_diffusers)
+    if diffusers and plan.reference is None:
         print("no model.reference in the spec: skipping the diffusers LoRA export", file=sys.stderr)
+    if export.lora_comfyui and comfyui_reads_diffusers:
+        print("ComfyUI loads this model's diffusers-format LoRA ([lora] comfyui in the spec): no separate file",
+              file=sys.stderr)  # fmt: skip
     paths = export_lora(
         state,
         out / LORA,
         pipeline_reference=plan.reference or "",
         config=lora,
-        diffusers_format=export.lora_diffusers and plan.reference is not None,
-        comfyui=export.lora_comfyui,
+        diffusers_format=diffusers and plan.reference is not None,
+        comfyui=export.lora_comfyui and not comfyui_reads_diffusers,
         comfyui_names=plan.lora.comfyui_names,
         metadata=task_metadata(plan, tasks),
     )

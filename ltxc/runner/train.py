@@ -84,9 +84,8 @@ def _train(plan: Plan, config: RunConfig, device: str | None, stop_after: int | 
     lr_schedule = make_lr_schedule(optimizer, total, config.schedule)
     start = 0 if checkpoint is None else resume(checkpoint, model, optimizer, lr_schedule, config, info)
     data.seek(start, config.train.grad_accum)
-    t = Training(
-        plan, config, info, model, optimizer, lr_schedule, data, iter(data.loader), Adapter(plan), dtype, fused
-    )
+    adapter = Adapter(plan, inputs=config.train.inputs)  # the run config's [inputs] values, e.g. a guidance scale
+    t = Training(plan, config, info, model, optimizer, lr_schedule, data, iter(data.loader), adapter, dtype, fused)
     # train: steps start..end of total (stop_after ends this call early, with a checkpoint)
     end = total if stop_after is None else min(total, start + stop_after)
     log = StepLog(_metrics_logger(run, config, info.is_main), config, info, start=start, end=end, total=total)
