@@ -179,3 +179,15 @@ def test_generate_png_carries_the_spectrogram_strip(
     assert code == 0, err
     sheet, _ = read_frames_file(out)
     assert sheet.shape[1:3] == (3 * 64 + 2 * 2 + 2 + 64, 3 * 64 + 2 * 2)
+
+
+def test_a_one_frame_validation_sample_is_its_png_alone(tmp_path: Path) -> None:
+    """An image model's validation sample (one frame, no sound) is written as its PNG, not as a one-frame mp4 too;
+    a clip (two frames) keeps its mp4."""
+    frames = torch.rand(2, 32, 48, 3, generator=torch.Generator().manual_seed(0))
+    image, _ = validation_decode.write_prompt(frames[:1], None, tmp_path, 0, fps=24.0)
+    clip, _ = validation_decode.write_prompt(frames, None, tmp_path, 1, fps=24.0)
+    assert [p.name for p in image] == ["prompt-0.png"]
+    assert [p.name for p in clip] == ["prompt-1.mp4", "prompt-1.png"]
+    still, _ = read_frames_file(tmp_path / "prompt-0.png")
+    assert np.array_equal(still[0], np.round(frames[0].numpy() * 255).astype(np.uint8))

@@ -115,7 +115,11 @@ def write_prompt(
 
     tag, stem = f"validation/prompt-{index}", folder / f"prompt-{index}"
     waveform, rate = audio if audio is not None else (None, None)
-    written = [write_frames(video, stem.with_suffix(".mp4"), fps=fps, audio=waveform, sample_rate=rate)]
+    # a one-frame sample (an image model's) is its PNG alone: a one-frame video would add nothing
+    one_frame = video.shape[0] == 1 and waveform is None
+    written = (
+        [] if one_frame else [write_frames(video, stem.with_suffix(".mp4"), fps=fps, audio=waveform, sample_rate=rate)]
+    )
     sheet = contact_sheet(video, audio=waveform, sample_rate=rate)
     written.append(write_frames(sheet[None], stem.with_suffix(".png"), fps=fps))  # one image: the sheet, lossless
     images = {tag: sheet}
