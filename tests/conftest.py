@@ -25,6 +25,7 @@ SPECS = ROOT / "specs"
 TINY_LTX = SPECS / "tiny" / "ltx.toml"
 TINY_LTX2 = SPECS / "tiny" / "ltx-2.3.toml"
 TINY_WAN = SPECS / "tiny" / "wan-2.1.toml"
+TINY_FLUX = SPECS / "tiny" / "flux-1.toml"
 # What an in-process `train()` / `run train` sets up for its 1-rank process group.
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

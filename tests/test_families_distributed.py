@@ -1,6 +1,7 @@
 """The new families under real torchrun processes (gloo on CPU): FSDP2 over 2 ranks x batch 1 trains the tiny
-LTX-2.3 (audio branch frozen, video-only) and Wan 2.1 exactly as 1 process x batch 2 does — equal per-step
-losses within fp32 tolerance — with each rank holding about half of the transformer.
+LTX-2.3 (audio branch frozen, video-only), Wan 2.1 and FLUX.1-dev (an image model: the synthetic clips become their
+first frames; the pooled text and the guidance input in every call) exactly as 1 process x batch 2 does — equal
+per-step losses within fp32 tolerance — with each rank holding about half of the transformer.
 
 The 2-rank runs are scenarios of the session's one shared torchrun launch (tests/distributed_worker.py; the
 arguments of tests/test_train_distributed.py's harness); the 1-process reference runs in-process through the CLI
@@ -14,13 +15,13 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import TINY_LTX2, TINY_WAN, SharedTorchrun, isolated_process_group, run_cli
+from conftest import TINY_FLUX, TINY_LTX2, TINY_WAN, SharedTorchrun, isolated_process_group, run_cli
 from distributed_worker import Prepared, Scenario, shared_group
 from test_train_distributed import REL, STEPS, Run, assert_close, make_workspace, train_args
 
 GROUP = "families-distributed"
 pytestmark = [pytest.mark.slow, pytest.mark.shared_torchrun(GROUP)]
-SPECS = {"ltx-2.3": TINY_LTX2, "wan-2.1": TINY_WAN}
+SPECS = {"ltx-2.3": TINY_LTX2, "wan-2.1": TINY_WAN, "flux-1": TINY_FLUX}
 
 
 @shared_group(GROUP)
