@@ -297,3 +297,54 @@ def test_other_pipelines_draft_without_a_traceback(tmp_path, pipeline):
     assert spec["model"]["reference"] == f"diffusers:{pipeline}" and "transformer" in spec["components"]
     assert tiny["model"]["extends"] == "../x.toml"
     assert all(re.search(r"\.py:\d+", line) for line in text.splitlines() if line.startswith("# TODO:"))
+
+
+# docs/onboarding.md section 8, edit by edit: (number, drafted text, replacement)
+WALKTHROUGH_TODOS = [
+    (1, 'description = "drafted from diffusers:FluxPipeline"', 'description = "FLUX.1-dev (walk-through)"'),
+    (3, "# TODO: timestep = ?", 'timestep = "cast(timestep, latents) / 1000"\n#'),
+    (4, "# TODO: txt_ids = ?", 'txt_ids = "zeros([size(text.embeds, 1), 3], text.pooled)"\n#'),
+    (5, "# TODO: img_ids = ?", 'img_ids = "grid_coordinates([latent.frames // patch_t, latent.height // patch_h, '
+     'latent.width // patch_w], latents)"\n#'),
+]  # fmt: skip
+WALKTHROUGH_REFERENCE_ARGS = (
+    'reference = "diffusers:FluxPipeline"',
+    'reference = "diffusers:FluxPipeline"\n'
+    'reference_args = { guidance_scale = "input.guidance", true_cfg_scale = "guidance" }',
+)
+WALKTHROUGH_LATENT_DTYPE = ("\ncfg = ", '\nlatent_dtype = "text_encoder_2"\ncfg = ')
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert text.count(old) >= 1, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def _verify(capsys: pytest.CaptureFixture[str], spec: Path, *extra: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["verify", str(spec), "--steps", "2", "--device", "cpu", *extra])
+    return code, capsys.readouterr().out
+
+
+def test_the_flux_walkthrough_edits_make_verify_green(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The onboarding guide's FLUX.1-dev walk-through as a user runs it: the draft from the published configs, the
+    five TODO edits, then verify fails where the guide says (the guidance input), edit 6 makes float32 pass, bf16
+    fails at step 1 until edit 7, then both pass."""
+    out = tmp_path / "my-flux.toml"
+    assert main(["draft", "--reference", "diffusers:FluxPipeline", "--pretrained", str(FIXTURES / "FLUX.1-dev"),
+                 "--hub-id", "black-forest-labs/FLUX.1-dev", "--out", str(out)]) == 0  # fmt: skip
+    assert capsys.readouterr().out.count("\n  ") == 5  # five TODOs listed
+    for _, old, new in WALKTHROUGH_TODOS:
+        _edit(out, old, new)
+    tiny = tmp_path / "tiny" / "my-flux.toml"
+    code, report = _verify(capsys, tiny)
+    assert code != 0 and "first departing stage: input.guidance" in report
+    _edit(out, *WALKTHROUGH_REFERENCE_ARGS)
+    assert _verify(capsys, tiny)[0] == 0
+    code, report = _verify(capsys, tiny, "--dtype", "bfloat16")
+    assert code != 0 and "first departing stage: step1" in report
+    _edit(out, *WALKTHROUGH_LATENT_DTYPE)
+    for extra in ((), ("--dtype", "bfloat16"), ("--guidance", "2.5")):
+        code, report = _verify(capsys, tiny, *extra)
+        assert code == 0 and "PASS" in report, report
