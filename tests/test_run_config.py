@@ -540,6 +540,7 @@ def test_schema_defaults_are_the_attrs_defaults(schema):
         "data.media",
         "train.steps",
         "train.epochs",
+        "train.audio_cfg_dropout",
         "lora.rank",
         "lora.alpha",
         "lora.targets",
