@@ -119,8 +119,11 @@ def write_video(
     times: Sequence[float] | None = None,
     audio: bool = False,
     draw: Draw = pattern,
+    tone: float = 440.0,
 ) -> Path:
     """Write a `frames`-frame clip of `draw` (stored size `size` = (w, h)); `times` gives per-frame seconds (VFR).
+
+    `audio=True` adds a 16 kHz mono AAC track: a sine of `tone` Hz over the clip's duration.
 
     `rotation` (clockwise degrees, 0/90/180/270) is what a player must turn the stored picture by: the clip
     is drawn upright at the display size and stored turned the other way, like a phone filming portrait.
@@ -158,7 +161,7 @@ def write_video(
         container.mux(stream.encode(None))
         if sound is not None:
             seconds = (times[-1] + 1 / fps) if times else frames / fps
-            _write_tone(container, sound, seconds)
+            _write_tone(container, sound, seconds, tone)
     return path
 
 
@@ -170,10 +173,12 @@ def _with_alpha(picture: np.ndarray) -> np.ndarray:
     return np.concatenate([picture, opacity], axis=-1)
 
 
-def _write_tone(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float) -> None:
+def _write_tone(
+    container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, seconds: float, hz: float = 440.0
+) -> None:
     rate = stream.codec_context.sample_rate
     samples = max(1, round(seconds * rate))
-    tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(samples) / rate)).astype(np.float32)
+    tone = (0.2 * np.sin(2 * np.pi * hz * np.arange(samples) / rate)).astype(np.float32)
     fmt = stream.codec_context.format.name
     data = tone[None]  # mono: one row, planar or packed alike
     if fmt.startswith("s16"):
@@ -245,6 +250,9 @@ COLORS = {
     "orange": (240, 140, 30),
     "purple": (150, 60, 200),
 }
+# `make_sample_dataset(sound=True)`: each clip's tone by its colour (Hz), so the caption names the sound too; far
+# apart on the mel scale (the peaks fall in Slaney mel bins 4, 11, 23, 35, 47 and 55 of 64 over 0-8 kHz).
+TONES = {"red": 250.0, "green": 570.0, "blue": 1130.0, "yellow": 2050.0, "orange": 3500.0, "purple": 5300.0}
 BACKGROUNDS = {"dark blue": (20, 30, 80), "dark green": (15, 60, 30), "black": (8, 8, 8), "gray": (90, 90, 90)}
 SIZES = ((160, 96), (192, 128), (224, 128), (256, 144), (320, 240), (96, 160), (144, 256))
 
@@ -261,6 +269,7 @@ def make_sample_dataset(
     *,
     distinct: bool = False,
     size: tuple[int, int] | None = None,
+    sound: bool = False,
 ) -> list[Path]:
     """Write `clips` mp4 clips and `images` png/jpg images, each with a sidecar .txt caption; deterministic in `seed`.
 
@@ -270,7 +279,9 @@ def make_sample_dataset(
     `distinct=True`: no two samples share a colour, a background or a direction (so at most 4 samples), so
     every caption names one sample and the samples look as different as the palette allows: what a
     caption -> clip memorisation check needs. `size=(w, h)` gives every sample that stored size (one
-    resolution bucket) instead of drawing it. Without them, the output is what it always was for a seed.
+    resolution bucket) instead of drawing it. `sound=True` gives every clip a mono AAC track, a sine at its
+    colour's `TONES` frequency (so with `distinct=True` every caption names its own tone); the draws and the
+    pictures are the same as without it. Without them, the output is what it always was for a seed.
     Returns the media paths, sorted.
     """
     directory = Path(directory)
@@ -297,7 +308,13 @@ def make_sample_dataset(
             fps = int(rng.choice([24, 25, 30]))
             seconds = round(float(rng.uniform(0.5, 3.0)), 1)
             path = write_video(
-                directory / f"clip_{number:03d}.mp4", frames=round(seconds * fps), fps=fps, size=stored, draw=draw
+                directory / f"clip_{number:03d}.mp4",
+                frames=round(seconds * fps),
+                fps=fps,
+                size=stored,
+                draw=draw,
+                audio=sound,
+                tone=TONES[color],
             )
             caption = f"{_article(color)} {color} square moving {direction} on a {background} background"
         else:
