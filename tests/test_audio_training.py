@@ -444,3 +444,23 @@ def test_the_audio_text_can_drop_on_its_own_coin(plan: Plan, cache: Path, tmp_pa
     run_toml.write_text("[train]\naudio_cfg_dropout = 0.2\n")
     with pytest.raises(ConfigError, match=r"own\.toml:2: train\.audio_cfg_dropout: a rate of the audio's own needs"):
         load_run_config(run_toml)
+
+
+def test_the_built_in_sample_set_has_sound_when_the_run_trains_audio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ltxc run train --set train.audio=true` with no data: the synthetic clips carry a tone each, so every cached
+    sample has its sound (audio_mask 1) and the audio loss is a real term, not a masked zero."""
+    from conftest import isolated_process_group, run_cli
+
+    monkeypatch.chdir(tmp_path)
+    plan_path = compile_spec(load_spec(TINY_LTX2)).save(tmp_path / "plan")
+    with isolated_process_group():
+        code, _, err = run_cli(capsys, "run", "train", "--plan", str(plan_path), "--set", "train.audio=true",
+                               "--set", "train.steps=2",
+                               "--set", "log.progress=false", "--set", "export.full=false")  # fmt: skip
+    assert code == 0, err[-3000:]
+    dataset = CacheDataset(tmp_path / "runs" / "default" / "cache")
+    assert len(dataset) == 4 and all(float(dataset[i]["audio_mask"]) == 1.0 for i in range(len(dataset)))
+    records = read_metrics(tmp_path / "runs" / "default" / "metrics.jsonl")
+    assert all(r["loss_audio"] > 0 for r in records if "loss_audio" in r) and records

@@ -134,7 +134,9 @@ def _fill_cache(plan: Plan, run_config: RunConfig, run: RunDir, is_main: bool) -
         if is_main and not folder.exists():
             print(f"making the synthetic sample set in {folder}", file=sys.stderr)
             clips, images = sample_counts(plan)
-            make_sample_dataset(folder, clips=clips, images=images, seed=0, distinct=True, size=SAMPLE_SIZE)
+            # a run that trains sound gets clips with sound: each its own tone (the audio demo's set)
+            make_sample_dataset(folder, clips=clips, images=images, seed=0, distinct=True, size=SAMPLE_SIZE,
+                                sound=run_config.train.audio)  # fmt: skip
         barrier()
     if is_main:
         print(f"preprocessing {folder} into {cache}", file=sys.stderr)
