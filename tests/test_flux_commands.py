@@ -18,7 +18,7 @@ Covers:
   generate the same frames;
 - the LoRA export (no ComfyUI file: ComfyUI reads diffusers-named Flux LoRAs) targets the single blocks, loads with
   FluxPipeline.load_lora_weights, and the pipeline's latents then equal ltxc's sampler with the training
-  checkpoint (float32, max |Δ| = 0), while they differ from the base model's;
+  checkpoint (float32, max |Δ| = 0; and on the bf16 twin with the export), while they differ from the base model's;
 - FLUX.1-schnell's tiny twin (no [inputs]): compile, 2 LoRA steps on the built-in image set, a PNG from the export.
 
 Run: `pytest -q tests/test_flux_commands.py` (CPU, tiny models, nothing downloaded; 30-60 s on 2 cores).
@@ -362,3 +362,41 @@ def test_schnell_compiles_trains_and_generates(tmp_path: Path, monkeypatch: pyte
     assert "wrote s.png (1 frames" in out
     refused = cli("run", "generate", "--prompt", PROMPT, "--plan", "plan/plan.json", "--input", "guidance=2", code=2)
     assert "(its [inputs]: none)" in refused
+
+
+def test_the_lora_export_in_a_bf16_flux_pipeline_equals_ltxc_in_bf16(flux: Flux, tmp_path: Path) -> None:
+    """The same export on the bf16 twin (transformer, VAE and both text encoders in bf16): FluxPipeline with
+    `load_lora_weights` and ltxc's sampler with the export give the same latents (peft keeps the LoRA in float32 on
+    a bf16 base in both), and the LoRA still changes them."""
+    from diffusers import FluxPipeline
+
+    from ltxc.commands.generate import load_transformer
+    from ltxc.commands.verify_reference import build_reference
+    from ltxc.compiler import compile_spec
+    from ltxc.sampler import Sampler
+    from ltxc.spec import load_spec
+
+    twin = tmp_path / "flux-bf16.toml"
+    roles = ("transformer", "vae", "text_encoder", "text_encoder_2")
+    twin.write_text(f'[model]\nname = "flux-bf16"\nextends = {json.dumps(TINY_FLUX.resolve().as_posix())}\n'
+                    + "".join(f'\n[components.{role}]\ndtype = "bfloat16"\n' for role in roles))  # fmt: skip
+    plan = compile_spec(load_spec(twin))
+    export = flux.root / "runs" / "lora" / "export" / "lora"
+    pipeline = build_reference(FluxPipeline, plan.components())
+    pipeline.set_progress_bar_config(disable=True)
+
+    def reference() -> torch.Tensor:
+        return pipeline(prompt=[PROMPT], height=32, width=48, num_inference_steps=2, guidance_scale=3.5,
+                        max_sequence_length=32, generator=torch.Generator().manual_seed(0),
+                        output_type="latent").images  # fmt: skip
+
+    base = reference()
+    pipeline.load_lora_weights(str(export))
+    with_lora = reference()
+    assert with_lora.dtype == torch.bfloat16
+    components = plan.components()
+    sampler = Sampler(plan, components, transformer=load_transformer(plan, components, export))
+    ours = plan.geometry.pack(sampler([PROMPT], height=32, width=48, steps=2, seed=0, decode=False).latents)
+    changed, agree = (with_lora - base).abs().max().item(), (with_lora.float() - ours.float()).abs().max().item()
+    print(f"bf16: latents max |Δ| vs base {changed:.3e}, vs ltxc {agree:.3e}")
+    assert changed > 1e-3 and agree == 0.0
