@@ -4,12 +4,15 @@ The adapter builds them from a cache record (the processor's `cache_text`: T5 se
 the same `[transformer.call]` as sampling: hidden_states, timestep (σ·1000 in the latents' dtype, / 1000), the
 guidance input at its training value (the spec's 1.0, or an override as the run config gives it), the pooled
 projections, the text ids and the image ids. The reference is a forward hook on FluxPipeline's transformer at its
-first step, run with guidance_scale equal to the training value.
+first step, run with guidance_scale equal to the training value; in float32 and on a bf16 twin.
 
 Run: `pytest -q tests/test_flux_training.py` (CPU, tiny models, no downloads).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,11 +46,21 @@ def _reference_call(pipeline, guidance: float) -> dict[str, torch.Tensor]:
     return got
 
 
+def bf16_twin(directory: Path) -> Path:
+    """The tiny spec with its transformer, VAE and both text encoders in bf16."""
+    roles = ("transformer", "vae", "text_encoder", "text_encoder_2")
+    twin = directory / "flux-bf16.toml"
+    twin.write_text(f'[model]\nname = "flux-bf16"\nextends = {json.dumps(TINY_FLUX.resolve().as_posix())}\n'
+                    + "".join(f'\n[components.{role}]\ndtype = "bfloat16"\n' for role in roles))  # fmt: skip
+    return twin
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("override", [None, 3.5])
-def test_training_inputs_equal_the_pipelines(override: float | None) -> None:
+def test_training_inputs_equal_the_pipelines(override: float | None, dtype: str, tmp_path: Path) -> None:
     from diffusers import FluxPipeline
 
-    plan = compile_spec(load_spec(TINY_FLUX))
+    plan = compile_spec(load_spec(TINY_FLUX if dtype == "float32" else bf16_twin(tmp_path)))
     components = plan.components()
     pipeline = build_reference(FluxPipeline, components)
     pipeline.set_progress_bar_config(disable=True)
