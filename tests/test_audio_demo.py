@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import isolated_process_group
 
 from ltxc.commands.train import SAMPLE_CLIPS, SAMPLE_SIZE
 from ltxc.media.audio import read_audio
@@ -74,7 +75,8 @@ def test_sample_clips_carry_their_colours_tone(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_trained_caption_ranks_its_own_clips_audio_first(tmp_path: Path) -> None:
-    rows = audio_demo.demo(tmp_path, seed=0, plain=False, extra=[], decode=False)  # ranks read latents only
+    with isolated_process_group():  # the training runs in this process (the tool's own path, without cold imports)
+        rows = audio_demo.demo(tmp_path, seed=0, plain=False, extra=[], decode=False, in_process=True)
     print(audio_demo.format_rows(rows))
     trained = [row for row in rows if row["weights"] == "trained"]
     untrained = [row for row in rows if row["weights"] == "untrained"]

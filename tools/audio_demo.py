@@ -93,16 +93,28 @@ def make_media(workdir: Path) -> Path:
     return media
 
 
-def train(workdir: Path, plan: Path, media: Path, extra: list[str]) -> float:
-    """`ltxc run train` of both streams on the clips; its wall seconds."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+def train(workdir: Path, plan: Path, media: Path, extra: list[str], in_process: bool = False) -> float:
+    """`ltxc run train` of both streams on the clips, as a user runs it (a fresh interpreter; `in_process`: the same
+    argv through `ltxc.cli.main` in this process, which the tests use to skip the cold imports); its wall seconds."""
     began = time.monotonic()
     given = {**SETTINGS, **dict(item.split("=", 1) for item in extra)}
     sets = [f"run.name={RUN}", f"data.media={media}", "train.audio=true", "log.progress=false", "log.tensorboard=false"]
     sets += [f"{key}={value}" for key, value in given.items()]
-    command = [sys.executable, "-m", "ltxc", "run", "train", "--plan", str(plan)]
-    done = subprocess.run([*command, *(x for s in sets for x in ("--set", s))],
-                          cwd=workdir, env=env, capture_output=True, text=True)  # fmt: skip
+    argv = ["run", "train", "--plan", str(plan), *(x for s in sets for x in ("--set", s))]
+    if in_process:
+        from ltxc.cli import main
+
+        here = Path.cwd()
+        os.chdir(workdir)
+        try:
+            code = main(argv)
+        finally:
+            os.chdir(here)
+        if code != 0:
+            sys.exit(f"ltxc run train exited {code}")
+        return time.monotonic() - began
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    done = subprocess.run([sys.executable, "-m", "ltxc", *argv], cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(done.stderr)
     print(done.stdout)
@@ -132,14 +144,14 @@ def sample(sampler: Sampler, caption: str, seed: int, decode: bool = True) -> tu
 
 
 def demo(workdir: Path, seed: int, plain: bool, extra: list[str], mp4: bool = False,
-         decode: bool = True) -> list[dict[str, object]]:  # fmt: skip
+         decode: bool = True, in_process: bool = False) -> list[dict[str, object]]:  # fmt: skip
     """Train (unless WORKDIR has a checkpoint) and rank; one row per (weights, caption). `decode=False` skips the
     video and sound decode (the ranking reads latents only)."""
     workdir.mkdir(parents=True, exist_ok=True)
     run = workdir / "runs" / RUN
     plan_json, plain_plan = demo_plans(workdir)
     media = make_media(workdir)
-    seconds = 0.0 if latest_checkpoint(run) is not None else train(workdir, plan_json, media, extra)
+    seconds = 0.0 if latest_checkpoint(run) is not None else train(workdir, plan_json, media, extra, in_process)
     checkpoint = latest_checkpoint(run)
     dataset = CacheDataset(run / "cache")
     samples = [dataset[i] for i in range(len(dataset.records))]

@@ -329,25 +329,19 @@ def stream_activations(
         shape = [1, *(int(n) for n in stream.noise(env))]
         packed = stream.pack({"x": torch.empty(shape, device="meta")})
         tokens = int(packed.shape[1]) * config.data.batch_size
-        out.append((stream.name, tokens, branch_width(blocks[0], stream.modules)))
+        # its own branch is the first of its `modules` (the cross-modal parts come after it)
+        width = block_width(blocks[0], stream.modules[0]) if stream.modules else 0
+        out.append((stream.name, tokens, width))
     return out
 
 
-def branch_width(block: torch.nn.Module, parts: tuple[str, ...]) -> int:
-    """The width of a block's linear layers (the most weights) under modules named by the first of `parts`, the
-    stream's own branch (e.g. "audio": audio_attn1, audio_ff; the cross-modal parts come after it)."""
+def block_width(block: torch.nn.Module, prefix: str = "") -> int:
+    """The model width inside a block: the input width of its linear layers that hold the most weights; with
+    `prefix`, of those under modules whose names start with it (a stream's own branch, e.g. "audio": audio_attn1,
+    audio_ff)."""
     widths: Counter[int] = Counter()
     for name, module in block.named_modules():
-        if isinstance(module, torch.nn.Linear) and parts and name.startswith(parts[0]):
-            widths[module.in_features] += module.weight.numel()
-    return widths.most_common(1)[0][0] if widths else 0
-
-
-def block_width(block: torch.nn.Module) -> int:
-    """The model width inside a block: the input width of its linear layers that hold the most weights."""
-    widths: Counter[int] = Counter()
-    for module in block.modules():
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear) and name.startswith(prefix):
             widths[module.in_features] += module.weight.numel()
     return widths.most_common(1)[0][0] if widths else 0
 
