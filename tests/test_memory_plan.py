@@ -189,7 +189,7 @@ def test_published_configs_give_the_real_parameter_counts() -> None:
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory with the plans the shipped run configs name (`ltxc compile` needs no weights)."""
     cwd = tmp_path_factory.mktemp("cwd")
-    for name in ("ltx-2.3", "ltx", "wan-2.1"):
+    for name in ("ltx-2.3", "ltx", "wan-2.1", "flux-1"):
         compile_spec(load_spec(SPECS / f"{name}.toml")).save(cwd / ".ltxc" / name)
     return cwd
 

@@ -50,6 +50,7 @@ SCHEMA_PATH = ROOT / "schemas" / "run.schema.json"
 LINE_RE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<rest>.*)$")
 EXAMPLES = [
     "default.toml",
+    "flux-1-lora-24gb.toml",
     "ltx-2.3-lora-1gpu.toml",
     "ltx-2.3-lora-24gb.toml",
     "ltx-full-1gpu.toml",
