@@ -303,6 +303,13 @@ def test_generate_from_the_lora_checkpoint_and_its_export_agree(flux: Flux, monk
 # -- export --------------------------------------------------------------------------------------------------
 
 
+def pipeline_latents(pipeline: Any) -> torch.Tensor:
+    """FluxPipeline's final latents for PROMPT at 48x32, 2 steps, seed 0 (what ltxc's sampler is compared with)."""
+    return pipeline(prompt=[PROMPT], height=32, width=48, num_inference_steps=2, guidance_scale=3.5,
+                    max_sequence_length=32, generator=torch.Generator().manual_seed(0),
+                    output_type="latent").images  # fmt: skip
+
+
 def test_lora_export_loads_into_flux_pipeline_as_ltxc_loads_it(flux: Flux) -> None:
     from diffusers import FluxPipeline
 
@@ -319,15 +326,10 @@ def test_lora_export_loads_into_flux_pipeline_as_ltxc_loads_it(flux: Flux) -> No
     pipeline = build_reference(FluxPipeline, plan.components())
     pipeline.set_progress_bar_config(disable=True)
 
-    def reference() -> torch.Tensor:
-        return pipeline(prompt=[PROMPT], height=32, width=48, num_inference_steps=2, guidance_scale=3.5,
-                        max_sequence_length=32, generator=torch.Generator().manual_seed(0),
-                        output_type="latent").images  # fmt: skip
-
-    base = reference()
+    base = pipeline_latents(pipeline)
     pipeline.load_lora_weights(str(export))
     assert getattr(pipeline.transformer, "peft_config", None), "no adapter was loaded"
-    with_lora = reference()
+    with_lora = pipeline_latents(pipeline)
     components = plan.components()
     checkpoint = flux.root / "runs" / "lora" / "checkpoints" / f"step-{LORA_STEPS:08d}"
     sampler = Sampler(plan, components, transformer=load_transformer(plan, components, checkpoint))
@@ -385,14 +387,9 @@ def test_the_lora_export_in_a_bf16_flux_pipeline_equals_ltxc_in_bf16(flux: Flux,
     pipeline = build_reference(FluxPipeline, plan.components())
     pipeline.set_progress_bar_config(disable=True)
 
-    def reference() -> torch.Tensor:
-        return pipeline(prompt=[PROMPT], height=32, width=48, num_inference_steps=2, guidance_scale=3.5,
-                        max_sequence_length=32, generator=torch.Generator().manual_seed(0),
-                        output_type="latent").images  # fmt: skip
-
-    base = reference()
+    base = pipeline_latents(pipeline)
     pipeline.load_lora_weights(str(export))
-    with_lora = reference()
+    with_lora = pipeline_latents(pipeline)
     assert with_lora.dtype == torch.bfloat16
     components = plan.components()
     sampler = Sampler(plan, components, transformer=load_transformer(plan, components, export))

@@ -35,6 +35,7 @@ from ltxc.runner.metrics import MetricsLogger
 from ltxc.runner.parallelize import unsharded_autocast
 from ltxc.runner.run_dir import RunDir
 from ltxc.runner.validation_decode import BackgroundDecoder, Decoded, DecodeJob, write_prompt
+from ltxc.sampling_run import resolve_run
 
 
 class Validator:
@@ -72,7 +73,9 @@ class Validator:
         """Encode every prompt and the negative prompt as the sampler would, keep them on the CPU, and free the
         tokenizer, text encoder and text stage."""
         s, sampler = self.validation, self.sampler
-        run = sampler._resolve(s.negative_prompt, s.frames, s.height, s.width, self.fps, s.steps, s.guidance, None)
+        run = resolve_run(
+            self.sampler.plan, s.negative_prompt, s.frames, s.height, s.width, self.fps, s.steps, s.guidance, None
+        )
         batches = [(prompt,) for prompt in s.prompts] + ([(run.negative,)] if run.negative is not None else [])
         for batch in batches:
             sampler.encoded[batch] = {name: t.cpu() for name, t in sampler._encode(list(batch)).items()}
@@ -88,7 +91,9 @@ class Validator:
         s = self.validation
         if not s.images:
             return [None] * len(s.prompts)
-        run = self.sampler._resolve(s.negative_prompt, s.frames, s.height, s.width, self.fps, s.steps, s.guidance, None)
+        run = resolve_run(
+            self.sampler.plan, s.negative_prompt, s.frames, s.height, s.width, self.fps, s.steps, s.guidance, None
+        )
         return [read_image(path, run.height, run.width) for path in s.images]
 
     def due(self, step: int, last: bool) -> bool:
