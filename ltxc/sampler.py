@@ -213,21 +213,10 @@ class Sampler:
             inputs=self.adapter.input_values(False, run.inputs),
         )  # fmt: skip
 
-    def _resolve(
-        self,
-        negative_prompt: str | None,
-        frames: int | None,
-        height: int | None,
-        width: int | None,
-        fps: float | None,
-        steps: int | None,
-        guidance: float | None,
-        guidance_rescale: float | None,
-        inputs: Mapping[str, float] | None = None,
-    ) -> SamplingRun:
-        """One call's settings: each argument given, else the spec's `[sampler]` default (`sampling_run`)."""
-        args = (negative_prompt, frames, height, width, fps, steps, guidance, guidance_rescale, inputs)
-        return resolve_run(self.plan, *args)
+    def _resolve(self, *settings: Any) -> SamplingRun:
+        """`sampling_run.resolve_run` on this sampler's plan: the call's settings in its order, each given or else the
+        spec's `[sampler]` default."""
+        return resolve_run(self.plan, *settings)
 
     def _prompt_text(self, prompts: list[str], negative: str | None) -> tuple[Text, Text | None]:
         """(the prompts' text, the negative prompt's text once per prompt when CFG runs, else None)."""
